@@ -2,8 +2,8 @@
 
 Each subcommand lives in the module that owns it and registers itself here through
 ``_SUBCOMMANDS``: a name, a help line and the dotted path of a module exposing
-``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported lazily so
-that ``fabric --help`` stays fast and a server's imports never leak into another.
+``add_arguments(parser)`` and ``run(args) -> int``. Only the modules named here are
+imported, when the parser is built; nothing else of a server is loaded.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 # name -> (help, module path). The module provides add_arguments(parser) and run(args).
-_SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "store-bench": ("measure the storage engine (bench/store_bench.py)", "fabric._store_bench_cmd"),
-}
+_SUBCOMMANDS: dict[str, tuple[str, str]] = {}
 
 
 def _build_parser() -> argparse.ArgumentParser:

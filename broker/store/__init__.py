@@ -1,0 +1,44 @@
+"""The broker's storage engine: an mmap CommitLog with ConsumeQueues and an Index.
+
+Imports only the standard library, loguru and msgspec (a test enforces it): the
+network layers sit above and speak to the store through ``MessageStore``.
+"""
+
+from __future__ import annotations
+
+from .config import FlushMode, StoreConfig
+from .errors import ConfigError, CorruptRecordError, StoreClosedError, StoreError, StoreLockedError
+from .message_store import MessageStore, RecoveryReport, StoreStats
+from .messages import (
+    DroppedRange,
+    GetResult,
+    GetStatus,
+    PutMessage,
+    PutResult,
+    PutStatus,
+    StoredMessage,
+    decode_message,
+)
+from .record import tag_hash
+
+__all__ = [
+    "ConfigError",
+    "CorruptRecordError",
+    "DroppedRange",
+    "FlushMode",
+    "GetResult",
+    "GetStatus",
+    "MessageStore",
+    "PutMessage",
+    "PutResult",
+    "PutStatus",
+    "RecoveryReport",
+    "StoreClosedError",
+    "StoreConfig",
+    "StoreError",
+    "StoreLockedError",
+    "StoreStats",
+    "StoredMessage",
+    "decode_message",
+    "tag_hash",
+]
