@@ -26,6 +26,8 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -160,25 +162,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each sync run")
     parser.add_argument("--size", type=int, default=1024, help="body size in bytes")
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians reported")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     body = os.urandom(args.size)
     scratch = tempfile.mkdtemp(prefix="store-bench-", dir=args.dir)
+    runs: dict[str, Callable[[str], dict[str, float]]] = {
+        "baseline": lambda d: baseline(d, args.count, body),
+        "async": lambda d: async_puts(d, args.count, body, batch=1),
+        "async_batch32": lambda d: async_puts(d, args.count, body, batch=32),
+        "sync_1": lambda d: sync_puts(d, 1, args.seconds, body),
+        "sync_16": lambda d: sync_puts(d, 16, args.seconds, body),
+        "sync_64": lambda d: sync_puts(d, 64, args.seconds, body),
+    }
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
     try:
-        results: dict[str, object] = {"body_bytes": args.size, "count": args.count}
-        results["baseline"] = baseline(scratch, args.count, body)
-        results["async"] = async_puts(scratch, args.count, body, batch=1)
-        results["async_batch32"] = async_puts(scratch, args.count, body, batch=32)
-        for w in (1, 16, 64):
-            results[f"sync_{w}"] = sync_puts(scratch, w, args.seconds, body)
-        base = results["baseline"]["puts_per_s"]  # type: ignore[index]
-        results["async_vs_baseline"] = round(results["async"]["puts_per_s"] / base, 3)  # type: ignore[index]
-        results["async_batch32_vs_baseline"] = round(
-            results["async_batch32"]["puts_per_s"] / base,
-            3,  # type: ignore[index]
-        )
+        for _ in range(args.repeat):
+            for name, run in runs.items():
+                # Each run starts with the previous one's data gone and written back, so
+                # that no run pays for another's page-cache writeback.
+                work = tempfile.mkdtemp(dir=scratch)
+                os.sync()
+                samples[name].append(run(work))
+                shutil.rmtree(work, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    results: dict[str, Any] = {"body_bytes": args.size, "count": args.count, "repeat": args.repeat}
+    for name, rs in samples.items():
+        median = sorted(rs, key=lambda r: r["puts_per_s"])[len(rs) // 2]
+        results[name] = {**median, "all_puts_per_s": [r["puts_per_s"] for r in rs]}
+    base = results["baseline"]["puts_per_s"]
+    results["async_vs_baseline"] = round(results["async"]["puts_per_s"] / base, 3)
+    results["async_batch32_vs_baseline"] = round(results["async_batch32"]["puts_per_s"] / base, 3)
     if args.json:
         print(json.dumps(results))
     else:

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 # name -> (help, module path). The module provides add_arguments(parser) and run(args).
-_SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "nameserver": ("run a NameServer (route discovery)", "nameserver.cli"),
+}
 
 
 def _build_parser() -> argparse.ArgumentParser:

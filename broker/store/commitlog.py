@@ -224,15 +224,17 @@ class CommitLog:
 
     # -- durability --------------------------------------------------------------------------
     def flush(self) -> int:
-        """fdatasync every segment written since the last flush; return the new flushed offset."""
+        """Make [flushed, wrote) durable, segment by segment; return the new flushed offset."""
         target = self.wrote
         flushed = self.flushed
         if target <= flushed:
             return flushed
         for mf in self.segments.files:
             if mf.end > flushed and mf.start < target:
+                lo = max(flushed, mf.start) - mf.start
+                hi = min(target, mf.end) - mf.start
                 try:
-                    mf.flush()
+                    mf.flush_range(lo, hi - lo)
                 except ValueError:  # closed by retention: nothing left to flush
                     pass
         self.flushed = target

@@ -16,6 +16,7 @@ import errno
 import mmap
 import os
 import sys
+from typing import Any
 
 __all__ = ["MappedFile", "segment_name"]
 
@@ -24,12 +25,15 @@ __all__ = ["MappedFile", "segment_name"]
 _MADV_POPULATE_WRITE = 23
 
 
-def _load_madvise() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+_MS_SYNC = 4
+
+
+def _load_libc(name: str) -> Any:
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.madvise
+        fn = getattr(libc, name)
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -37,8 +41,10 @@ def _load_madvise() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     return fn
 
 
-# ctypes releases the GIL around foreign calls, so populating runs beside the writer.
-_madvise = _load_madvise()
+# ctypes releases the GIL around foreign calls, so populating and ranged flushes run
+# beside the Python threads (mmap.flush holds the GIL for the whole msync).
+_madvise = _load_libc("madvise")
+_msync = _load_libc("msync")
 
 
 def segment_name(start: int) -> str:
@@ -91,6 +97,27 @@ class MappedFile:
     def flush(self) -> None:
         """Make every write so far durable."""
         os.fdatasync(self.fd)
+
+    def flush_range(self, pos: int, length: int) -> None:
+        """Make the writes in [pos, pos + length) durable, and only those pages.
+
+        A ranged msync(MS_SYNC) writes back just that range (and commits the journal),
+        so pages warmed ahead of the writer are neither written back as zeros nor
+        write-protected again. Falls back to ``flush`` where ctypes/msync is missing.
+        """
+        if _msync is None or self._addr == 0:
+            self.flush()
+            return
+        if self.mm.closed:
+            raise ValueError("segment is closed")
+        page = mmap.PAGESIZE
+        start = pos - pos % page
+        end = min(self.size, pos + length)
+        if end <= start:
+            return
+        if _msync(self._addr + start, end - start, _MS_SYNC) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"msync of {self.path} failed: {os.strerror(err)}")
 
     def populate(self, pos: int, length: int) -> bool:
         """Fault in [pos, pos + length) writable, without the GIL; False when unsupported.

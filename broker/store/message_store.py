@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Sequence
 
 import msgspec
 from loguru import logger
@@ -44,9 +44,9 @@ from .record import (
     HEADER_TAIL,
     MESSAGE_MAGIC,
     PREFIX,
+    RecordProperties,
     decode_properties,
     encode_host,
-    encode_properties,
 )
 from .retention import DiskUsage, disk_usage_ratio, segments_to_delete
 from .warmer import PageWarmer
@@ -58,6 +58,7 @@ _join = b"".join
 _pack_tail = HEADER_TAIL.pack
 _pack_prefix = PREFIX.pack_into
 _NO_HOST = (bytes(16), 0)
+_encode_props = msgspec.msgpack.Encoder().encode
 
 
 class RecoveryReport(msgspec.Struct, frozen=True):
@@ -331,129 +332,147 @@ class MessageStore:
 
     def append(self, msg: PutMessage) -> PutResult:
         """Append one message without waiting for a flush (see ``wait_flushed``)."""
-        prepared = self._prepare(msg)
-        if isinstance(prepared, PutResult):
-            return prepared
-        lock = self._lock
-        if not lock.acquire(False) and not lock.acquire(timeout=self._lock_timeout):
-            return PutResult(PutStatus.SYSTEM_BUSY, message="store busy: append lock timed out")
-        try:
-            return self._append_locked(msg, *prepared)
-        finally:
-            self._lock.release()
+        return self._append((msg,))[0]
 
     def append_batch(self, msgs: Iterable[PutMessage]) -> list[PutResult]:
-        """Append several messages under one lock, without waiting for a flush."""
-        msgs = list(msgs)
-        prepared = [self._prepare(m) for m in msgs]
-        results: list[PutResult] = []
-        if not self._lock.acquire(timeout=self._lock_timeout):
-            busy = PutResult(PutStatus.SYSTEM_BUSY, message="store busy: append lock timed out")
-            return [p if isinstance(p, PutResult) else busy for p in prepared]
-        try:
-            for msg, prep in zip(msgs, prepared, strict=True):
-                if isinstance(prep, PutResult):
-                    results.append(prep)
-                else:
-                    results.append(self._append_locked(msg, *prep))
-        finally:
-            self._lock.release()
-        return results
+        """Append several messages under one lock, without waiting for a flush.
 
-    def _prepare(self, msg: PutMessage) -> PutResult | tuple[bytes, bytes]:
+        Each message is checked on its own; a refused one does not stop the others.
+        """
+        return self._append(list(msgs))
+
+    def _refuse_all(self, msgs: Sequence[PutMessage]) -> list[PutResult] | None:
         if self._closed:
-            return PutResult(PutStatus.STORE_CLOSED, message="store is closed")
+            return [PutResult(PutStatus.STORE_CLOSED, message="store is closed")] * len(msgs)
+        if self.disk_full:
+            refusal = PutResult(
+                PutStatus.SERVICE_NOT_AVAILABLE,
+                message=f"disk full: {self.disk_ratio:.1%} used, limit "
+                f"{self.config.disk_full_ratio:.0%}; nothing stored",
+            )
+            return [refusal] * len(msgs)
+        return None
+
+    def _refuse_one(self, msg: PutMessage, props_len: int) -> PutResult:
         if len(msg.body) > self._max_body:
             return PutResult(
                 PutStatus.MESSAGE_ILLEGAL,
                 message=f"body of {len(msg.body)} bytes exceeds max_message_size {self._max_body}",
             )
-        if self.disk_full:
-            return PutResult(
-                PutStatus.SERVICE_NOT_AVAILABLE,
-                message=f"disk full: {self.disk_ratio:.1%} used, limit "
-                f"{self.config.disk_full_ratio:.0%}; nothing stored",
-            )
-        topic_b = self._topic_bytes.get(msg.topic)
-        if topic_b is None:
-            topic_b = msg.topic.encode()
-            if not topic_b or len(topic_b) > 0xFFFF:
-                return PutResult(PutStatus.MESSAGE_ILLEGAL, message="topic must be 1..65535 bytes")
-            if len(self._topic_bytes) < 65536:
-                self._topic_bytes[msg.topic] = topic_b
-        props_b = encode_properties(msg.tags, msg.keys, msg.uniq_id, msg.properties)
-        if len(props_b) > self._max_props:
+        if props_len > self._max_props:
             return PutResult(
                 PutStatus.PROPERTIES_SIZE_EXCEEDED,
-                message=f"properties of {len(props_b)} bytes exceed {self._max_props}",
+                message=f"properties of {props_len} bytes exceed {self._max_props}",
             )
-        return topic_b, props_b
+        return PutResult(PutStatus.MESSAGE_ILLEGAL, message="topic must be 1..65535 UTF-8 bytes")
 
-    def _append_locked(self, msg: PutMessage, topic_b: bytes, props_b: bytes) -> PutResult:
-        # The hot path: one record into the log, its queue entry and its index entries,
-        # inlined (each Python call here costs as much as a field) and under the put lock.
-        body = msg.body
-        qid = msg.queue_id
-        topic = msg.topic
-        size = HEADER_LEN + len(topic_b) + len(props_b) + len(body)
-        cq = self._cqs.get((topic, qid))
-        if cq is None:
-            cq = self._new_queue(topic, qid)
-        qoff = cq.max_offset
-        log = self._log
-        mf = log.current
-        pos = log.wrote - mf.start if mf is not None else 0
+    def _append(self, msgs: Sequence[PutMessage]) -> list[PutResult]:
+        # The hot path: for each message, one record into the log, its queue entry and its
+        # index entries, all in one loop under the put lock. It is written out flat on
+        # purpose: every Python call here costs as much as packing a field.
+        refused = self._refuse_all(msgs)
+        if refused is not None:
+            return refused
+        lock = self._lock
+        if not lock.acquire(False) and not lock.acquire(timeout=self._lock_timeout):
+            busy = PutResult(PutStatus.SYSTEM_BUSY, message="store busy: append lock timed out")
+            return [busy] * len(msgs)
         try:
-            if mf is None or pos + size + END_MARKER_LEN > mf.size or log.wrote > log.warm_mark:
-                mf, pos = log.reserve(size)
-        except OSError as exc:
-            logger.error("cannot create a commitlog segment: {}", exc)
-            return PutResult(
-                PutStatus.SERVICE_NOT_AVAILABLE, message=f"cannot allocate log space: {exc}"
-            )
-        phys = mf.start + pos
-        now = self._clock()
-        if now < self._last_store_ts:
-            now = self._last_store_ts
-        self._last_store_ts = now
-        born = msg.born_host
-        bh, bp = encode_host(born) if born else _NO_HOST
-        sh, sp = self._store_host
-        rec = _join(
-            (
-                _pack_tail(
-                    qid,
-                    msg.flag,
-                    qoff,
-                    phys,
-                    msg.sysflag,
-                    msg.born_timestamp,
-                    now,
-                    bh,
-                    bp,
-                    sh,
-                    sp,
-                    msg.reconsume_times,
-                    msg.prepared_tx_offset,
-                    len(topic_b),
-                    len(props_b),
-                    len(body),
-                ),
-                topic_b,
-                props_b,
-                body,
-            )
-        )
-        mm = mf.mm
-        _pack_prefix(mm, pos, size, MESSAGE_MAGIC, _crc32(rec))
-        mm[pos + 12 : pos + size] = rec
-        end = phys + size
-        log.wrote = end
-        tags = msg.tags
-        cq.append(phys, size, (self._tag_hashes.get(tags) or self._tag_hash(tags)) if tags else 0)
-        if msg.keys or msg.uniq_id:
-            self._index.put(topic, msg.keys, msg.uniq_id, phys, now)
-        return PutResult(PutStatus.PUT_OK, phys, size, qoff, now, end)
+            results: list[PutResult] = []
+            log = self._log
+            cqs = self._cqs
+            topic_cache = self._topic_bytes
+            tag_cache = self._tag_hashes
+            max_body = self._max_body
+            max_props = self._max_props
+            sh, sp = self._store_host
+            for msg in msgs:
+                body = msg.body
+                topic = msg.topic
+                topic_b = topic_cache.get(topic)
+                if topic_b is None:
+                    topic_b = topic.encode()
+                    if not 0 < len(topic_b) <= 0xFFFF:
+                        results.append(self._refuse_one(msg, 0))
+                        continue
+                    if len(topic_cache) < 65536:
+                        topic_cache[topic] = topic_b
+                tags = msg.tags
+                keys = msg.keys
+                uniq = msg.uniq_id
+                props = msg.properties
+                props_b = (
+                    _encode_props(RecordProperties(tags, keys, uniq, props))
+                    if tags or keys or uniq or props
+                    else b""
+                )
+                if len(body) > max_body or len(props_b) > max_props:
+                    results.append(self._refuse_one(msg, len(props_b)))
+                    continue
+                qid = msg.queue_id
+                size = HEADER_LEN + len(topic_b) + len(props_b) + len(body)
+                cq = cqs.get((topic, qid))
+                if cq is None:
+                    cq = self._new_queue(topic, qid)
+                qoff = cq.max_offset
+                mf = log.current
+                pos = log.wrote - mf.start if mf is not None else 0
+                if mf is None or pos + size + END_MARKER_LEN > mf.size or log.wrote > log.warm_mark:
+                    try:
+                        mf, pos = log.reserve(size)
+                    except OSError as exc:
+                        logger.error("cannot create a commitlog segment: {}", exc)
+                        results.append(
+                            PutResult(
+                                PutStatus.SERVICE_NOT_AVAILABLE,
+                                message=f"cannot allocate log space: {exc}",
+                            )
+                        )
+                        continue
+                phys = mf.start + pos
+                now = self._clock()
+                if now < self._last_store_ts:
+                    now = self._last_store_ts
+                self._last_store_ts = now
+                born = msg.born_host
+                bh, bp = encode_host(born) if born else _NO_HOST
+                rec = _join(
+                    (
+                        _pack_tail(
+                            qid,
+                            msg.flag,
+                            qoff,
+                            phys,
+                            msg.sysflag,
+                            msg.born_timestamp,
+                            now,
+                            bh,
+                            bp,
+                            sh,
+                            sp,
+                            msg.reconsume_times,
+                            msg.prepared_tx_offset,
+                            len(topic_b),
+                            len(props_b),
+                            len(body),
+                        ),
+                        topic_b,
+                        props_b,
+                        body,
+                    )
+                )
+                mm = mf.mm
+                _pack_prefix(mm, pos, size, MESSAGE_MAGIC, _crc32(rec))
+                mm[pos + 12 : pos + size] = rec
+                end = phys + size
+                log.wrote = end
+                cq.append(phys, size, (tag_cache.get(tags) or self._tag_hash(tags)) if tags else 0)
+                if keys or uniq:
+                    self._index.put(topic, keys, uniq, phys, now)
+                results.append(PutResult(PutStatus.PUT_OK, phys, size, qoff, now, end))
+            return results
+        finally:
+            lock.release()
 
     # == durability ==============================================================================
     @property
