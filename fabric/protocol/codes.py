@@ -1,0 +1,192 @@
+"""Every number on the wire: request codes, response codes, flags, statuses, permissions.
+
+These enums are the single source of the numbers a client in any language needs; each
+member is listed in ``docs/PROTOCOL.md`` (a test checks it). Numbers follow Apache
+RocketMQ's ``RequestCode`` and ``ResponseCode`` where an equivalent exists, so that
+RocketMQ users recognise them; the wire format itself is not RocketMQ's. Codes 50-99 are
+this fabric's own.
+
+A code is never reused for another meaning: a removed code stays reserved.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+__all__ = [
+    "DEFAULT_BROKER_EXPIRY",
+    "DEFAULT_BROKER_HEARTBEAT_INTERVAL",
+    "PROTOCOL_VERSION",
+    "Flag",
+    "Perm",
+    "PullStatus",
+    "RequestCode",
+    "ResponseCode",
+    "SendStatus",
+    "SysFlag",
+    "pull_status_for",
+    "send_status_for",
+]
+
+#: Element 1 of every request and reply header. A server answers VERSION_NOT_SUPPORTED
+#: to any other value.
+PROTOCOL_VERSION: Final = 1
+
+#: Seconds between two REGISTER_BROKER / BROKER_HEARTBEAT requests of a broker (RocketMQ 30 s).
+DEFAULT_BROKER_HEARTBEAT_INTERVAL: Final = 30.0
+#: Seconds after its last registration or heartbeat when a NameServer drops a broker (120 s).
+DEFAULT_BROKER_EXPIRY: Final = 120.0
+
+
+class Flag(enum.IntFlag):
+    """Bits of the ``flags`` header element."""
+
+    #: Set on every reply, clear on every request (RocketMQ ``RPC_TYPE``).
+    RESPONSE = 0x1
+    #: The sender wants no reply at all, not even an error (RocketMQ ``RPC_ONEWAY``).
+    ONEWAY = 0x2
+
+
+class RequestCode(enum.IntEnum):
+    """What a request asks for; it fixes the schema of the request body and of the reply body."""
+
+    # Broker: messages.
+    SEND_MESSAGE = 10
+    PULL_MESSAGE = 11
+    # Broker: consumer offsets.
+    QUERY_CONSUMER_OFFSET = 14
+    COMMIT_CONSUMER_OFFSET = 15
+    # Broker: topics.
+    CREATE_TOPIC = 17
+    UPDATE_TOPIC = 18
+    LIST_TOPICS = 21
+    # Broker: queue offsets.
+    SEARCH_OFFSET_BY_TIMESTAMP = 29
+    GET_MAX_OFFSET = 30
+    GET_MIN_OFFSET = 31
+    # Broker: clients.
+    HEARTBEAT = 34
+    # NameServer.
+    REGISTER_BROKER = 103
+    UNREGISTER_BROKER = 104
+    GET_ROUTE_INFO_BY_TOPIC = 105
+    GET_CLUSTER_INFO = 106
+    GET_ALL_TOPIC_LIST = 206
+    # Broker: topics (continued).
+    DELETE_TOPIC = 215
+    # Broker: messages (continued).
+    SEND_BATCH_MESSAGE = 320
+    # NameServer (continued).
+    BROKER_HEARTBEAT = 904
+
+
+class ResponseCode(enum.IntEnum):
+    """The outcome of a request, element 0 of every reply header."""
+
+    SUCCESS = 0
+    #: An unexpected failure inside the server; the remark says what.
+    SYSTEM_ERROR = 1
+    #: The server is overloaded (busy page cache, append lock timeout); retry later or elsewhere.
+    SYSTEM_BUSY = 2
+    #: This server does not handle this request code.
+    REQUEST_CODE_NOT_SUPPORTED = 3
+    #: Send: stored, but SYNC_FLUSH did not complete in time. The body is a SendReply.
+    FLUSH_DISK_TIMEOUT = 10
+    #: Send: stored on the master, no slave available (SYNC_MASTER). The body is a SendReply.
+    SLAVE_NOT_AVAILABLE = 11
+    #: Send: stored on the master, the slave did not confirm in time. The body is a SendReply.
+    FLUSH_SLAVE_TIMEOUT = 12
+    #: The message is refused: body or properties too large, or fields out of range.
+    MESSAGE_ILLEGAL = 13
+    #: The service cannot take writes now (disk full, store closed, shutting down).
+    SERVICE_NOT_AVAILABLE = 14
+    #: The topic or the broker does not permit this operation (see Perm).
+    NO_PERMISSION = 16
+    #: The topic does not exist on this broker (and auto-create is off).
+    TOPIC_NOT_EXIST = 17
+    #: CREATE_TOPIC for a topic that exists.
+    TOPIC_ALREADY_EXISTS = 18
+    #: Pull: no message at this offset yet. The body is a PullReply.
+    PULL_NOT_FOUND = 19
+    #: Pull: messages were scanned but none matched the filter. The body is a PullReply.
+    PULL_RETRY_IMMEDIATELY = 20
+    #: Pull: the offset is out of range; restart at the reply's next_offset. Body: PullReply.
+    PULL_OFFSET_MOVED = 21
+    #: A query found nothing (no committed offset for this group and queue).
+    QUERY_NOT_FOUND = 22
+    #: The header's protocol version is not PROTOCOL_VERSION.
+    VERSION_NOT_SUPPORTED = 50
+    #: Frame 0 is not a valid header, the body does not fit the code's schema, or the
+    #: number of body frames is wrong.
+    MALFORMED_REQUEST = 51
+    #: A topic name breaks the naming rule (fabric.protocol.names).
+    INVALID_TOPIC_NAME = 52
+    #: A group name breaks the naming rule (fabric.protocol.names).
+    INVALID_GROUP_NAME = 53
+    #: The NameServer knows no live broker serving this topic.
+    NO_ROUTE = 54
+    #: BROKER_HEARTBEAT from a broker the NameServer does not know (or knows at another
+    #: data version): the broker must send REGISTER_BROKER.
+    BROKER_NOT_REGISTERED = 55
+
+
+class SendStatus(enum.IntEnum):
+    """The outcome of a successful send as the client API reports it (SPEC M2)."""
+
+    SEND_OK = 0
+    FLUSH_DISK_TIMEOUT = 1
+    FLUSH_SLAVE_TIMEOUT = 2
+    SLAVE_NOT_AVAILABLE = 3
+
+
+class PullStatus(enum.IntEnum):
+    """The outcome of a pull as the client API reports it."""
+
+    FOUND = 0
+    NO_NEW_MSG = 1
+    NO_MATCHED_MSG = 2
+    OFFSET_ILLEGAL = 3
+
+
+class Perm(enum.IntFlag):
+    """Topic and broker permission bits (RocketMQ ``PermName``); topics default to READ|WRITE."""
+
+    INHERIT = 0x1
+    WRITE = 0x2
+    READ = 0x4
+
+
+class SysFlag(enum.IntFlag):
+    """Bits of a message's ``sysflag`` (stored in the CommitLog record, see docs/STORAGE.md)."""
+
+    #: The body is zlib-compressed; the consumer decompresses it (SPEC M8).
+    COMPRESSED = 0x1
+    TRANSACTION_PREPARED = 0x4
+    TRANSACTION_COMMIT = 0x8
+    TRANSACTION_ROLLBACK = 0xC
+
+
+_SEND_STATUS: Final[dict[int, SendStatus]] = {
+    ResponseCode.SUCCESS: SendStatus.SEND_OK,
+    ResponseCode.FLUSH_DISK_TIMEOUT: SendStatus.FLUSH_DISK_TIMEOUT,
+    ResponseCode.FLUSH_SLAVE_TIMEOUT: SendStatus.FLUSH_SLAVE_TIMEOUT,
+    ResponseCode.SLAVE_NOT_AVAILABLE: SendStatus.SLAVE_NOT_AVAILABLE,
+}
+
+_PULL_STATUS: Final[dict[int, PullStatus]] = {
+    ResponseCode.SUCCESS: PullStatus.FOUND,
+    ResponseCode.PULL_NOT_FOUND: PullStatus.NO_NEW_MSG,
+    ResponseCode.PULL_RETRY_IMMEDIATELY: PullStatus.NO_MATCHED_MSG,
+    ResponseCode.PULL_OFFSET_MOVED: PullStatus.OFFSET_ILLEGAL,
+}
+
+
+def send_status_for(code: int) -> SendStatus | None:
+    """The SendStatus a send reply's code means, or None when the code is an error."""
+    return _SEND_STATUS.get(code)
+
+
+def pull_status_for(code: int) -> PullStatus | None:
+    """The PullStatus a pull reply's code means, or None when the code is an error."""
+    return _PULL_STATUS.get(code)

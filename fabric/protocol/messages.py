@@ -1,0 +1,532 @@
+"""Wire types: the request envelopes (a tagged union on the request code) and every body.
+
+Frame 0 of a request is a MessagePack array ``[code, version, request_id, flags, body]``
+(docs/PROTOCOL.md). Each request code has one envelope Struct here, ``array_like`` and
+tagged with its code, so that one ``msgspec.msgpack.Decoder(Request)`` validates a whole
+header in one pass and a server dispatches on the envelope's type with ``match``.
+
+Bodies are MessagePack maps (field name to value). Schema evolution rules:
+
+* a new field gets a default and goes last; a decoder fills missing fields with their
+  defaults and ignores fields it does not know;
+* a field never changes type or meaning; the envelopes' element order never changes.
+
+``REQUEST_TYPES``, ``BODY_TYPES`` and ``REPLY_TYPES`` map each RequestCode to its
+envelope, its request body and its reply body (the body of a SUCCESS reply, and of the
+few non-error codes listed in ``BODY_CODES``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+import msgspec
+
+from .codes import Perm, RequestCode, ResponseCode
+
+__all__ = [
+    "BODY_CODES",
+    "BODY_TYPES",
+    "DEFAULT_QUEUE_NUMS",
+    "DEFAULT_TOPIC_PERM",
+    "MAX_QUEUE_NUMS",
+    "REPLY_TYPES",
+    "REQUEST_TYPES",
+    "BatchEntry",
+    "BrokerData",
+    "BrokerHeartbeatBody",
+    "BrokerHeartbeatRequest",
+    "ClientHeartbeatBody",
+    "ClusterInfo",
+    "CommitConsumerOffsetBody",
+    "CommitConsumerOffsetRequest",
+    "CreateTopicRequest",
+    "DeleteTopicBody",
+    "DeleteTopicRequest",
+    "Empty",
+    "Envelope",
+    "GetAllTopicListRequest",
+    "GetClusterInfoRequest",
+    "GetMaxOffsetRequest",
+    "GetMinOffsetRequest",
+    "GetRouteInfoBody",
+    "GetRouteInfoRequest",
+    "HeartbeatRequest",
+    "ListTopicsRequest",
+    "OffsetReply",
+    "PullMessageBody",
+    "PullMessageRequest",
+    "PullReply",
+    "QueryConsumerOffsetBody",
+    "QueryConsumerOffsetRequest",
+    "QueueData",
+    "QueueOffsetBody",
+    "RegisterBrokerBody",
+    "RegisterBrokerReply",
+    "RegisterBrokerRequest",
+    "Request",
+    "RequestId",
+    "SearchOffsetBody",
+    "SearchOffsetRequest",
+    "SendBatchBody",
+    "SendBatchReply",
+    "SendBatchRequest",
+    "SendMessageBody",
+    "SendMessageRequest",
+    "SendReply",
+    "TopicConfig",
+    "TopicConfigList",
+    "TopicList",
+    "TopicRouteData",
+    "UnregisterBrokerBody",
+    "UnregisterBrokerRequest",
+    "UpdateTopicRequest",
+]
+
+#: Queues of a topic created without a queue count (RocketMQ ``defaultTopicQueueNums``).
+DEFAULT_QUEUE_NUMS: Final = 4
+#: Most queues a topic may have on one broker (read or write).
+MAX_QUEUE_NUMS: Final = 1024
+#: Permission of a topic created without one: readable and writable.
+DEFAULT_TOPIC_PERM: Final = int(Perm.READ | Perm.WRITE)
+
+#: A non-negative integer below 2**63 chosen by the client, echoed in the reply.
+RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+# ---------------------------------------------------------------------------------------
+# Shared bodies
+# ---------------------------------------------------------------------------------------
+
+
+class Empty(msgspec.Struct):
+    """A body with no fields: the empty map ``{}`` (one byte, 0x80)."""
+
+
+class TopicConfig(msgspec.Struct, kw_only=True):
+    """A topic as one broker serves it."""
+
+    topic: str
+    #: Queues consumers read from (ids 0 .. read_queue_nums-1).
+    read_queue_nums: int = DEFAULT_QUEUE_NUMS
+    #: Queues producers write to (ids 0 .. write_queue_nums-1).
+    write_queue_nums: int = DEFAULT_QUEUE_NUMS
+    #: Perm bits; READ|WRITE (6) by default.
+    perm: int = DEFAULT_TOPIC_PERM
+
+
+class OffsetReply(msgspec.Struct, kw_only=True):
+    """An offset in a queue (counted in messages, not bytes)."""
+
+    offset: int
+
+
+# ---------------------------------------------------------------------------------------
+# Broker bodies
+# ---------------------------------------------------------------------------------------
+
+
+class SendMessageBody(msgspec.Struct, kw_only=True):
+    """SEND_MESSAGE: one message; its body travels raw in frame 1."""
+
+    producer_group: str
+    topic: str
+    queue_id: int
+    tags: str = ""
+    keys: list[str] = []
+    #: The producer's unique message id (SPEC M7); the reply echoes it as msg_id.
+    uniq_id: str = ""
+    #: User properties, stored as given.
+    properties: dict[str, str] = {}
+    #: Application flag, stored as given.
+    flag: int = 0
+    #: SysFlag bits, e.g. COMPRESSED when the body frame is zlib-compressed.
+    sysflag: int = 0
+    #: Producer clock, milliseconds since the Unix epoch.
+    born_timestamp: int = 0
+    reconsume_times: int = 0
+
+
+class BatchEntry(msgspec.Struct, kw_only=True):
+    """The per-message fields of one message in SEND_BATCH_MESSAGE."""
+
+    tags: str = ""
+    keys: list[str] = []
+    uniq_id: str = ""
+    properties: dict[str, str] = {}
+    flag: int = 0
+    sysflag: int = 0
+    born_timestamp: int = 0
+
+
+class SendBatchBody(msgspec.Struct, kw_only=True):
+    """SEND_BATCH_MESSAGE: messages of one topic and queue; frame i+1 is the body of entry i."""
+
+    producer_group: str
+    topic: str
+    queue_id: int
+    messages: list[BatchEntry]
+
+
+class SendReply(msgspec.Struct, kw_only=True):
+    """Where a sent message was stored."""
+
+    msg_id: str
+    queue_id: int
+    queue_offset: int
+    broker_name: str = ""
+
+
+class SendBatchReply(msgspec.Struct, kw_only=True):
+    """Where each message of a batch was stored, in the order of the request."""
+
+    msg_ids: list[str]
+    queue_id: int
+    queue_offsets: list[int]
+    broker_name: str = ""
+
+
+class PullMessageBody(msgspec.Struct, kw_only=True):
+    """PULL_MESSAGE: read messages of one queue from an offset."""
+
+    consumer_group: str
+    topic: str
+    queue_id: int
+    queue_offset: int
+    max_msgs: int = 32
+    #: Stop adding records once their total size reaches this many bytes; 0: broker default.
+    max_bytes: int = 0
+    #: Long poll: when nothing is there, wait up to this long for a message; 0: answer at once.
+    suspend_timeout_ms: int = 0
+    #: Also commit this offset for the group before reading; -1: commit nothing.
+    commit_offset: int = -1
+    #: Tag filter: "*" for all, or tags joined by " || ".
+    subscription: str = "*"
+
+
+class PullReply(msgspec.Struct, kw_only=True):
+    """Pull outcome; the records themselves are frames 1..n, one stored record per frame."""
+
+    next_offset: int
+    min_offset: int
+    max_offset: int
+
+
+class QueryConsumerOffsetBody(msgspec.Struct, kw_only=True):
+    """QUERY_CONSUMER_OFFSET: the group's committed offset of one queue."""
+
+    consumer_group: str
+    topic: str
+    queue_id: int
+
+
+class CommitConsumerOffsetBody(msgspec.Struct, kw_only=True):
+    """COMMIT_CONSUMER_OFFSET: store the group's offset of one queue (the next to consume)."""
+
+    consumer_group: str
+    topic: str
+    queue_id: int
+    offset: int
+
+
+class QueueOffsetBody(msgspec.Struct, kw_only=True):
+    """GET_MAX_OFFSET / GET_MIN_OFFSET: one queue of a topic."""
+
+    topic: str
+    queue_id: int
+
+
+class SearchOffsetBody(msgspec.Struct, kw_only=True):
+    """SEARCH_OFFSET_BY_TIMESTAMP: first offset stored at or after ``timestamp`` (ms)."""
+
+    topic: str
+    queue_id: int
+    timestamp: int
+
+
+class DeleteTopicBody(msgspec.Struct, kw_only=True):
+    """DELETE_TOPIC."""
+
+    topic: str
+
+
+class TopicConfigList(msgspec.Struct, kw_only=True):
+    """LIST_TOPICS reply: the topics of one broker."""
+
+    topics: list[TopicConfig]
+
+
+class ClientHeartbeatBody(msgspec.Struct, kw_only=True):
+    """HEARTBEAT: a client says it is alive and which groups it belongs to."""
+
+    client_id: str
+    producer_groups: list[str] = []
+    consumer_groups: list[str] = []
+
+
+# ---------------------------------------------------------------------------------------
+# NameServer bodies
+# ---------------------------------------------------------------------------------------
+
+
+class RegisterBrokerBody(msgspec.Struct, kw_only=True):
+    """REGISTER_BROKER: a broker announces itself and all its topics (it owns this entry)."""
+
+    cluster_name: str
+    broker_name: str
+    #: 0 for a master, > 0 for a slave.
+    broker_id: int = 0
+    #: The endpoint clients connect to, e.g. "tcp://10.0.0.5:10911".
+    broker_addr: str
+    topics: list[TopicConfig] = []
+    #: Grows whenever the broker's topic set changes; a restarted broker starts higher
+    #: (microseconds since the epoch at the last change works).
+    data_version: int = 0
+    #: Drop this broker this long after its last heartbeat; 0: the NameServer's default.
+    heartbeat_timeout_ms: int = 0
+
+
+class RegisterBrokerReply(msgspec.Struct, kw_only=True):
+    """The expiry the NameServer applies to this broker, in milliseconds."""
+
+    expiry_ms: int
+
+
+class BrokerHeartbeatBody(msgspec.Struct, kw_only=True):
+    """BROKER_HEARTBEAT: refresh a registration without resending topics."""
+
+    cluster_name: str
+    broker_name: str
+    broker_id: int = 0
+    broker_addr: str
+    #: Must equal the registered data_version, else the reply is BROKER_NOT_REGISTERED.
+    data_version: int = 0
+
+
+class UnregisterBrokerBody(msgspec.Struct, kw_only=True):
+    """UNREGISTER_BROKER: a broker leaves (only the registered address may remove it)."""
+
+    cluster_name: str
+    broker_name: str
+    broker_id: int = 0
+    broker_addr: str
+
+
+class GetRouteInfoBody(msgspec.Struct, kw_only=True):
+    """GET_ROUTE_INFO_BY_TOPIC."""
+
+    topic: str
+
+
+class QueueData(msgspec.Struct, kw_only=True):
+    """The queues of a topic on one broker name (master and slaves share them)."""
+
+    broker_name: str
+    read_queue_nums: int
+    write_queue_nums: int
+    perm: int
+
+
+class BrokerData(msgspec.Struct, kw_only=True):
+    """The live addresses of one broker name, by broker id (0 is the master)."""
+
+    cluster_name: str
+    broker_name: str
+    broker_addrs: dict[int, str]
+
+
+class TopicRouteData(msgspec.Struct, kw_only=True):
+    """GET_ROUTE_INFO_BY_TOPIC reply, sorted by broker name."""
+
+    queue_datas: list[QueueData]
+    broker_datas: list[BrokerData]
+
+
+class ClusterInfo(msgspec.Struct, kw_only=True):
+    """GET_CLUSTER_INFO reply: live brokers by name, and broker names by cluster."""
+
+    brokers: dict[str, BrokerData]
+    clusters: dict[str, list[str]]
+
+
+class TopicList(msgspec.Struct, kw_only=True):
+    """GET_ALL_TOPIC_LIST reply: topic names, sorted."""
+
+    topics: list[str]
+
+
+# ---------------------------------------------------------------------------------------
+# Request envelopes: [code, version, request_id, flags, body], tagged by code
+# ---------------------------------------------------------------------------------------
+
+
+class Envelope(msgspec.Struct, array_like=True):
+    """The header elements after the code; each subclass adds ``body`` and its code as tag."""
+
+    version: int
+    request_id: RequestId
+    flags: int
+
+
+class SendMessageRequest(Envelope, tag=int(RequestCode.SEND_MESSAGE)):
+    body: SendMessageBody
+
+
+class PullMessageRequest(Envelope, tag=int(RequestCode.PULL_MESSAGE)):
+    body: PullMessageBody
+
+
+class QueryConsumerOffsetRequest(Envelope, tag=int(RequestCode.QUERY_CONSUMER_OFFSET)):
+    body: QueryConsumerOffsetBody
+
+
+class CommitConsumerOffsetRequest(Envelope, tag=int(RequestCode.COMMIT_CONSUMER_OFFSET)):
+    body: CommitConsumerOffsetBody
+
+
+class CreateTopicRequest(Envelope, tag=int(RequestCode.CREATE_TOPIC)):
+    body: TopicConfig
+
+
+class UpdateTopicRequest(Envelope, tag=int(RequestCode.UPDATE_TOPIC)):
+    body: TopicConfig
+
+
+class ListTopicsRequest(Envelope, tag=int(RequestCode.LIST_TOPICS)):
+    body: Empty
+
+
+class SearchOffsetRequest(Envelope, tag=int(RequestCode.SEARCH_OFFSET_BY_TIMESTAMP)):
+    body: SearchOffsetBody
+
+
+class GetMaxOffsetRequest(Envelope, tag=int(RequestCode.GET_MAX_OFFSET)):
+    body: QueueOffsetBody
+
+
+class GetMinOffsetRequest(Envelope, tag=int(RequestCode.GET_MIN_OFFSET)):
+    body: QueueOffsetBody
+
+
+class HeartbeatRequest(Envelope, tag=int(RequestCode.HEARTBEAT)):
+    body: ClientHeartbeatBody
+
+
+class RegisterBrokerRequest(Envelope, tag=int(RequestCode.REGISTER_BROKER)):
+    body: RegisterBrokerBody
+
+
+class UnregisterBrokerRequest(Envelope, tag=int(RequestCode.UNREGISTER_BROKER)):
+    body: UnregisterBrokerBody
+
+
+class GetRouteInfoRequest(Envelope, tag=int(RequestCode.GET_ROUTE_INFO_BY_TOPIC)):
+    body: GetRouteInfoBody
+
+
+class GetClusterInfoRequest(Envelope, tag=int(RequestCode.GET_CLUSTER_INFO)):
+    body: Empty
+
+
+class GetAllTopicListRequest(Envelope, tag=int(RequestCode.GET_ALL_TOPIC_LIST)):
+    body: Empty
+
+
+class DeleteTopicRequest(Envelope, tag=int(RequestCode.DELETE_TOPIC)):
+    body: DeleteTopicBody
+
+
+class SendBatchRequest(Envelope, tag=int(RequestCode.SEND_BATCH_MESSAGE)):
+    body: SendBatchBody
+
+
+class BrokerHeartbeatRequest(Envelope, tag=int(RequestCode.BROKER_HEARTBEAT)):
+    body: BrokerHeartbeatBody
+
+
+#: Every request a server may receive; decode frame 0 with ``Decoder(Request)``.
+Request = (
+    SendMessageRequest
+    | PullMessageRequest
+    | QueryConsumerOffsetRequest
+    | CommitConsumerOffsetRequest
+    | CreateTopicRequest
+    | UpdateTopicRequest
+    | ListTopicsRequest
+    | SearchOffsetRequest
+    | GetMaxOffsetRequest
+    | GetMinOffsetRequest
+    | HeartbeatRequest
+    | RegisterBrokerRequest
+    | UnregisterBrokerRequest
+    | GetRouteInfoRequest
+    | GetClusterInfoRequest
+    | GetAllTopicListRequest
+    | DeleteTopicRequest
+    | SendBatchRequest
+    | BrokerHeartbeatRequest
+)
+
+#: RequestCode -> its envelope type (the type's msgspec tag is the code).
+REQUEST_TYPES: Final[dict[RequestCode, type[Envelope]]] = {
+    RequestCode.SEND_MESSAGE: SendMessageRequest,
+    RequestCode.PULL_MESSAGE: PullMessageRequest,
+    RequestCode.QUERY_CONSUMER_OFFSET: QueryConsumerOffsetRequest,
+    RequestCode.COMMIT_CONSUMER_OFFSET: CommitConsumerOffsetRequest,
+    RequestCode.CREATE_TOPIC: CreateTopicRequest,
+    RequestCode.UPDATE_TOPIC: UpdateTopicRequest,
+    RequestCode.LIST_TOPICS: ListTopicsRequest,
+    RequestCode.SEARCH_OFFSET_BY_TIMESTAMP: SearchOffsetRequest,
+    RequestCode.GET_MAX_OFFSET: GetMaxOffsetRequest,
+    RequestCode.GET_MIN_OFFSET: GetMinOffsetRequest,
+    RequestCode.HEARTBEAT: HeartbeatRequest,
+    RequestCode.REGISTER_BROKER: RegisterBrokerRequest,
+    RequestCode.UNREGISTER_BROKER: UnregisterBrokerRequest,
+    RequestCode.GET_ROUTE_INFO_BY_TOPIC: GetRouteInfoRequest,
+    RequestCode.GET_CLUSTER_INFO: GetClusterInfoRequest,
+    RequestCode.GET_ALL_TOPIC_LIST: GetAllTopicListRequest,
+    RequestCode.DELETE_TOPIC: DeleteTopicRequest,
+    RequestCode.SEND_BATCH_MESSAGE: SendBatchRequest,
+    RequestCode.BROKER_HEARTBEAT: BrokerHeartbeatRequest,
+}
+
+#: RequestCode -> the type of its request body (the envelope's last field).
+BODY_TYPES: Final[dict[RequestCode, type[msgspec.Struct]]] = {
+    code: msgspec.structs.fields(envelope)[-1].type for code, envelope in REQUEST_TYPES.items()
+}
+
+#: RequestCode -> the type of the body of its SUCCESS reply.
+REPLY_TYPES: Final[dict[RequestCode, type[msgspec.Struct]]] = {
+    RequestCode.SEND_MESSAGE: SendReply,
+    RequestCode.PULL_MESSAGE: PullReply,
+    RequestCode.QUERY_CONSUMER_OFFSET: OffsetReply,
+    RequestCode.COMMIT_CONSUMER_OFFSET: Empty,
+    RequestCode.CREATE_TOPIC: TopicConfig,
+    RequestCode.UPDATE_TOPIC: TopicConfig,
+    RequestCode.LIST_TOPICS: TopicConfigList,
+    RequestCode.SEARCH_OFFSET_BY_TIMESTAMP: OffsetReply,
+    RequestCode.GET_MAX_OFFSET: OffsetReply,
+    RequestCode.GET_MIN_OFFSET: OffsetReply,
+    RequestCode.HEARTBEAT: Empty,
+    RequestCode.REGISTER_BROKER: RegisterBrokerReply,
+    RequestCode.UNREGISTER_BROKER: Empty,
+    RequestCode.GET_ROUTE_INFO_BY_TOPIC: TopicRouteData,
+    RequestCode.GET_CLUSTER_INFO: ClusterInfo,
+    RequestCode.GET_ALL_TOPIC_LIST: TopicList,
+    RequestCode.DELETE_TOPIC: Empty,
+    RequestCode.SEND_BATCH_MESSAGE: SendBatchReply,
+    RequestCode.BROKER_HEARTBEAT: Empty,
+}
+
+#: Non-SUCCESS response codes whose reply still carries the request's reply body
+#: (every other non-SUCCESS reply carries the empty map).
+BODY_CODES: Final[frozenset[ResponseCode]] = frozenset(
+    {
+        ResponseCode.FLUSH_DISK_TIMEOUT,
+        ResponseCode.SLAVE_NOT_AVAILABLE,
+        ResponseCode.FLUSH_SLAVE_TIMEOUT,
+        ResponseCode.PULL_NOT_FOUND,
+        ResponseCode.PULL_RETRY_IMMEDIATELY,
+        ResponseCode.PULL_OFFSET_MOVED,
+    }
+)

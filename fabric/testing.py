@@ -1,0 +1,281 @@
+"""Test helpers: run fabric servers as real processes on loopback ports, and always stop them.
+
+A server is started as ``python -m fabric <role> ...`` with port 0 in its ``--bind``; the
+helper waits, with a timeout, for the ``READY <role> <endpoint>`` line on its stdout and
+returns a :class:`ServerProcess` that knows the real endpoint. Stopping is always
+terminate, wait, then kill (the nats-server helper pattern); processes still running at
+interpreter exit are stopped too. Both output pipes are drained by daemon threads, so a
+chatty server never blocks on a full pipe, and its stderr stays available for asserts.
+
+Usage::
+
+    with run_nameserver(heartbeat_expiry=1.0) as ns:
+        ...  # connect to ns.endpoint
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import IO, Final
+
+__all__ = [
+    "LOOPBACK",
+    "READY_TIMEOUT",
+    "STOP_TIMEOUT",
+    "ServerProcess",
+    "run_nameserver",
+    "spawn",
+]
+
+#: Bind here in tests: loopback, port chosen by the OS.
+LOOPBACK: Final = "tcp://127.0.0.1:0"
+#: Seconds a server gets to print its READY line.
+READY_TIMEOUT: Final = 15.0
+#: Seconds a server gets to exit after SIGTERM, before SIGKILL.
+STOP_TIMEOUT: Final = 5.0
+_LOG_LINES: Final = 5000
+_EOF: Final = object()
+
+_live: weakref.WeakSet[ServerProcess] = weakref.WeakSet()
+
+
+def _nothing() -> None:
+    pass
+
+
+class ServerProcess:
+    """A running server process and the endpoints it announced.
+
+    Attributes:
+        args: the full command line.
+        process: the ``subprocess.Popen``.
+        endpoints: role -> endpoint, from the READY lines.
+    """
+
+    def __init__(self, args: Sequence[str], process: subprocess.Popen[str]) -> None:
+        self.args = list(args)
+        self.process = process
+        self.endpoints: dict[str, str] = {}
+        self._stdout: queue.Queue[object] = queue.Queue()
+        self._stderr: collections.deque[str] = collections.deque(maxlen=_LOG_LINES)
+        self._stdout_lines: collections.deque[str] = collections.deque(maxlen=_LOG_LINES)
+        self._threads = [
+            _drain(process.stdout, self._on_stdout, self._on_eof, f"stdout {process.pid}"),
+            _drain(process.stderr, self._stderr.append, _nothing, f"stderr {process.pid}"),
+        ]
+        _live.add(self)
+
+    def _on_stdout(self, line: str) -> None:
+        self._stdout_lines.append(line)
+        self._stdout.put(line)
+
+    def _on_eof(self) -> None:
+        self._stdout.put(_EOF)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint of the first role announced."""
+        return next(iter(self.endpoints.values()))
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.process.poll() is None
+
+    def wait_ready(self, roles: Sequence[str], timeout: float = READY_TIMEOUT) -> None:
+        """Wait until a ``READY <role> <endpoint>`` line arrived for each of ``roles``.
+
+        Raises:
+            RuntimeError: the process exited first, or the time ran out (the process is
+                then stopped); the message ends with the tail of its stderr.
+        """
+        deadline = time.monotonic() + timeout
+        missing = [r for r in roles if r not in self.endpoints]
+        while missing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.stop()
+                raise RuntimeError(f"no READY {missing} within {timeout}s{self._tail()}")
+            try:
+                line = self._stdout.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is _EOF:
+                code = self.process.wait(STOP_TIMEOUT)
+                raise RuntimeError(f"exited with status {code} before READY{self._tail()}")
+            assert isinstance(line, str)
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "READY" and parts[1] in missing:
+                self.endpoints[parts[1]] = parts[2]
+                missing.remove(parts[1])
+
+    def _tail(self, lines: int = 30) -> str:
+        self._join_drains(0.5)
+        tail = list(self._stderr)[-lines:]
+        return "\n--- stderr of " + " ".join(self.args) + " ---\n" + "\n".join(tail)
+
+    def log_lines(self) -> list[str]:
+        """Lines the process wrote to stderr so far (the last few thousand)."""
+        return list(self._stderr)
+
+    def stdout_lines(self) -> list[str]:
+        """Lines the process wrote to stdout so far (READY lines included)."""
+        return list(self._stdout_lines)
+
+    def error_lines(self) -> list[str]:
+        """stderr lines logged at ERROR or CRITICAL, and tracebacks."""
+        marks = ("| ERROR ", "| CRITICAL ", "Traceback (most recent call last)")
+        return [line for line in self._stderr if any(m in line for m in marks)]
+
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` to the process (when it still runs)."""
+        if self.alive:
+            self.process.send_signal(signum)
+
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Wait for the process to exit; its status. Raises subprocess.TimeoutExpired."""
+        code = self.process.wait(timeout)
+        self._join_drains(timeout)
+        return code
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Terminate, wait up to ``timeout``, then kill; returns the exit status. Idempotent."""
+        process = self.process
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+        self._join_drains(timeout)
+        _live.discard(self)
+        return process.returncode
+
+    def _join_drains(self, timeout: float) -> None:
+        """After the process exited: let the drains reach EOF, then close the pipes."""
+        if self.process.poll() is None:
+            return
+        for thread in self._threads:
+            thread.join(timeout)
+        if any(t.is_alive() for t in self._threads):
+            return  # a grandchild holds the pipe open; leave it to the daemon threads
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive else f"exited {self.process.returncode}"
+        return f"<ServerProcess pid={self.pid} {state} {self.endpoints}>"
+
+
+def _drain(
+    pipe: IO[str] | None,
+    on_line: Callable[[str], object],
+    on_eof: Callable[[], object],
+    name: str,
+) -> threading.Thread:
+    assert pipe is not None
+
+    def run() -> None:
+        try:
+            for line in pipe:
+                on_line(line.rstrip("\n"))
+        except (OSError, ValueError):
+            pass  # the pipe was closed under us during teardown
+        finally:
+            on_eof()
+
+    thread = threading.Thread(target=run, name=f"drain {name}", daemon=True)
+    thread.start()
+    return thread
+
+
+def spawn(
+    command: Sequence[str],
+    *,
+    ready: Sequence[str],
+    ready_timeout: float = READY_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> ServerProcess:
+    """Start ``python -m fabric *command`` and wait for a READY line for each of ``ready``.
+
+    Args:
+        command: the subcommand and its arguments, e.g. ``["nameserver", "--bind", ...]``.
+        ready: the roles to wait for, e.g. ``["nameserver"]``.
+        ready_timeout: seconds to wait for all READY lines.
+        env: extra environment variables for the process.
+        cwd: its working directory.
+
+    Raises:
+        RuntimeError: no READY in time, or the process exited; it is stopped either way.
+    """
+    args = [sys.executable, "-m", "fabric", *command]
+    full_env = dict(os.environ)
+    full_env["PYTHONUNBUFFERED"] = "1"
+    if env:
+        full_env.update(env)
+    process = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=full_env,
+        cwd=cwd,
+    )
+    server = ServerProcess(args, process)
+    try:
+        server.wait_ready(ready, ready_timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def run_nameserver(
+    bind: str = LOOPBACK,
+    *,
+    heartbeat_expiry: float | None = None,
+    log_level: str = "INFO",
+    ready_timeout: float = READY_TIMEOUT,
+) -> ServerProcess:
+    """Start ``fabric nameserver`` (port 0 by default) and wait for its READY line."""
+    command = ["nameserver", "--bind", bind, "--log-level", log_level]
+    if heartbeat_expiry is not None:
+        command += ["--heartbeat-expiry", repr(heartbeat_expiry)]
+    return spawn(command, ready=["nameserver"], ready_timeout=ready_timeout)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_live):
+        server.stop()
