@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+from collections.abc import Callable
 from typing import Final
 
 from .mapped_file import MappedFile
@@ -39,6 +40,7 @@ class ConsumeQueue:
     __slots__ = (
         "_active",
         "_file_bytes",
+        "_on_new_file",
         "_segments",
         "directory",
         "dirty_from",
@@ -48,9 +50,17 @@ class ConsumeQueue:
         "topic",
     )
 
-    def __init__(self, root: str, topic: str, queue_id: int, entries_per_file: int) -> None:
+    def __init__(
+        self,
+        root: str,
+        topic: str,
+        queue_id: int,
+        entries_per_file: int,
+        on_new_file: Callable[[MappedFile], None] | None = None,
+    ) -> None:
         self.topic = topic
         self.queue_id = queue_id
+        self._on_new_file = on_new_file
         self.directory = os.path.join(root, topic, str(queue_id))
         self._file_bytes = entries_per_file * CQ_ENTRY_SIZE
         self._segments = SegmentQueue(self.directory, self._file_bytes)
@@ -139,6 +149,8 @@ class ConsumeQueue:
             if last is not None and start < last.start:
                 raise ValueError(f"queue {self.topic}/{self.queue_id}: no file for byte {byte}")
             mf = self._segments.create(start)
+            if self._on_new_file is not None:
+                self._on_new_file(mf)
         if mf is self._segments.last:
             self._active = mf
         return mf
@@ -205,6 +217,12 @@ class ConsumeQueue:
         self._active = self._segments.last
         return cut
 
+    def truncate_to(self, queue_offset: int) -> None:
+        """Forget the entries at and after ``queue_offset`` (a put that was rolled back)."""
+        for qo in range(queue_offset, self.max_offset):
+            self._zero(qo)
+        self.max_offset = max(queue_offset, self.min_offset)
+
     def _zero(self, queue_offset: int) -> None:
         byte = queue_offset * CQ_ENTRY_SIZE
         mf = self._segments.find(byte)
@@ -249,10 +267,13 @@ class ConsumeQueue:
     def flush(self) -> None:
         """fdatasync the files written since the last flush."""
         dirty_from, self.dirty_from = self.dirty_from, _CLEAN
+        end = self.max_offset * CQ_ENTRY_SIZE
         for mf in self._segments.files:
-            if mf.start + self._file_bytes > dirty_from:
+            if mf.start + self._file_bytes > dirty_from and mf.start < end:
+                lo = max(dirty_from, mf.start) - mf.start
                 try:
-                    mf.flush()
+                    # Only the written range: pages warmed past it stay writable.
+                    mf.flush_range(lo, min(end, mf.end) - mf.start - lo)
                 except ValueError:
                     pass
 

@@ -31,6 +31,7 @@ import os
 import struct
 import sys
 import zlib
+from collections.abc import Callable
 from typing import Final
 
 from loguru import logger
@@ -200,7 +201,13 @@ class _IndexFile:
 class IndexService:
     """The index files under ``<root>/index``, newest last."""
 
-    def __init__(self, directory: str, slots: int, capacity: int) -> None:
+    def __init__(
+        self,
+        directory: str,
+        slots: int,
+        capacity: int,
+        on_new_file: Callable[[MappedFile], None] | None = None,
+    ) -> None:
         self.directory = directory
         self.slots = slots
         self.capacity = capacity
@@ -208,6 +215,7 @@ class IndexService:
         self.files: list[_IndexFile] = []
         self.dirty = False
         self._sealed: list[_IndexFile] = []
+        self.on_new_file = on_new_file
 
     def load(self) -> None:
         """Map the existing files."""
@@ -218,6 +226,13 @@ class IndexService:
             mf = MappedFile(
                 os.path.join(self.directory, name), int(name), self.file_size, create=False
             )
+            header = INDEX_HEADER.unpack_from(mf.mm, 0)
+            if header[4] == 0 and header[5] == 0:
+                # Created but its header never written (a crash right at creation): it holds
+                # nothing; start it afresh (recovery re-indexes from the checkpoint).
+                logger.warning("index file {} has no header; starting it empty", mf.path)
+                files.append(_IndexFile(mf, self.slots, self.capacity, fresh=True))
+                continue
             files.append(_IndexFile(mf, self.slots, self.capacity, fresh=False))
         self.files = files
 
@@ -239,6 +254,8 @@ class IndexService:
         mf = MappedFile(path, start, self.file_size, create=True)
         f = _IndexFile(mf, self.slots, self.capacity, fresh=True)
         self.files = [*files, f]
+        if self.on_new_file is not None:
+            self.on_new_file(mf)
         logger.info("index file created: {}", path)
         return f
 
@@ -285,13 +302,17 @@ class IndexService:
             if len(out) >= limit:
                 break
             if f.count > 1 and f.end_ts + 1000 >= begin_ms and f.begin_ts - 1000 <= end_ms:
-                f.lookup(key, begin_ms, end_ms, limit, out)
+                try:
+                    f.lookup(key, begin_ms, end_ms, limit, out)
+                except ValueError:  # unmapped by retention under us: those records are gone
+                    continue
         return out
 
     def truncate_from(self, phys: int) -> None:
         """Forget everything indexed at or past ``phys`` (crash recovery)."""
         while self.files and self.files[-1].begin_phys >= phys and self.files[-1].mf.start >= phys:
-            gone = self.files.pop()
+            gone = self.files[-1]
+            self.files = self.files[:-1]
             gone.mf.destroy()
         if self.files:
             dropped = self.files[-1].truncate_from(phys)
@@ -301,10 +322,15 @@ class IndexService:
     def delete_below(self, log_min: int) -> int:
         """Delete files that only index records below ``log_min``; return how many."""
         deleted = 0
-        while len(self.files) > 1 and self.files[1].begin_phys <= log_min:
-            gone = self.files.pop(0)
-            gone.mf.destroy()
-            deleted += 1
+        files = self.files
+        keep = 0
+        while keep < len(files) - 1 and files[keep + 1].begin_phys <= log_min:
+            keep += 1
+        if keep:
+            self.files = files[keep:]  # replaced, never mutated: readers keep their snapshot
+            for gone in files[:keep]:
+                gone.mf.destroy()
+                deleted += 1
         return deleted
 
     def flush(self) -> None:

@@ -27,6 +27,7 @@ from .consume_queue import ConsumeQueue
 from .errors import StoreClosedError, StoreLockedError
 from .flush import FlushService
 from .index import IndexService, key_of, uniq_key_of
+from .mapped_file import MappedFile
 from .messages import (
     DroppedRange,
     GetResult,
@@ -92,7 +93,7 @@ class StoreStats(msgspec.Struct, frozen=True):
 
 
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return time.time_ns() // 1_000_000
 
 
 class MessageStore:
@@ -137,6 +138,7 @@ class MessageStore:
         self._log = CommitLog(os.path.join(root, "commitlog"), cfg.segment_size)
         self._index = IndexService(os.path.join(root, "index"), cfg.index_slots, cfg.index_entries)
         self._checkpoint = CheckpointFile(os.path.join(root, "checkpoint"))
+        self._warmer: PageWarmer | None = None
         self.disk_ratio = 0.0
         self.disk_full = False
         #: Queue ranges removed by retention, newest last (bounded).
@@ -156,7 +158,9 @@ class MessageStore:
         )
         with open(os.path.join(root, "abort"), "wb") as fh:
             fh.write(b"running\n")
-        self._warmer = PageWarmer(self._log, cfg.warm_ahead_bytes) if cfg.warm_ahead_bytes else None
+        if cfg.warm_ahead_bytes:
+            self._warmer = PageWarmer(self._log, cfg.warm_ahead_bytes)
+            self._index.on_new_file = self._on_new_file
         self._flush.start()
         self._housekeeper.start()
         if self._warmer is not None:
@@ -243,6 +247,11 @@ class MessageStore:
         truncated = 0
         for cq in list(cqs.values()):
             truncated += cq.truncate_past(end)
+            cq.delete_below(log_min)  # a minimum raised by retention before a restart
+        if end < index_from or cut:
+            # Records past the end are gone: so are their index entries (a producer that
+            # resends them must not find each one twice).
+            self._index.truncate_from(end)
         self._index.mark_covered(end)
         self._last_store_ts = last_ts[0]
         # Make what recovery found and wrote durable, then say so in the checkpoint.
@@ -279,14 +288,22 @@ class MessageStore:
             for qid in os.listdir(tdir):
                 if not qid.isdigit():
                     continue
-                cq = ConsumeQueue(self._cq_root, topic, int(qid), entries)
+                cq = ConsumeQueue(self._cq_root, topic, int(qid), entries, self._on_new_file)
                 cq.load()
                 self._cqs[(topic, int(qid))] = cq
 
     def _new_queue(self, topic: str, queue_id: int) -> ConsumeQueue:
-        cq = ConsumeQueue(self._cq_root, topic, queue_id, self.config.cq_entries_per_file)
+        cq = ConsumeQueue(
+            self._cq_root, topic, queue_id, self.config.cq_entries_per_file, self._on_new_file
+        )
         self._cqs[(topic, queue_id)] = cq
         return cq
+
+    def _on_new_file(self, mf: MappedFile) -> None:
+        # New ConsumeQueue and Index files are faulted in by the warmer, off the put path.
+        warmer = self._warmer
+        if warmer is not None:
+            warmer.populate_later(mf)
 
     def _tag_hash(self, tags: str) -> int:
         h = self._tag_hashes.get(tags)
@@ -341,7 +358,7 @@ class MessageStore:
         """
         return self._append(list(msgs))
 
-    def _refuse_all(self, msgs: Sequence[PutMessage]) -> list[PutResult] | None:
+    def _refuse_all(self, msgs: Sequence[PutMessage]) -> list[PutResult]:
         if self._closed:
             return [PutResult(PutStatus.STORE_CLOSED, message="store is closed")] * len(msgs)
         if self.disk_full:
@@ -351,7 +368,20 @@ class MessageStore:
                 f"{self.config.disk_full_ratio:.0%}; nothing stored",
             )
             return [refusal] * len(msgs)
-        return None
+        return []
+
+    def _roll_back(
+        self, cq: ConsumeQueue, qoff: int, mf: MappedFile, pos: int, size: int, exc: OSError
+    ) -> PutResult:
+        """Undo a record whose dispatch failed: the put is refused and nothing is left behind."""
+        logger.error("cannot create a queue or index file: {}; put refused", exc)
+        if cq.max_offset > qoff:
+            cq.truncate_to(qoff)
+        mf.mm[pos : pos + size] = bytes(size)
+        self._log.wrote = mf.start + pos
+        return PutResult(
+            PutStatus.SERVICE_NOT_AVAILABLE, message=f"cannot allocate queue or index space: {exc}"
+        )
 
     def _refuse_one(self, msg: PutMessage, props_len: int) -> PutResult:
         if len(msg.body) > self._max_body:
@@ -370,14 +400,15 @@ class MessageStore:
         # The hot path: for each message, one record into the log, its queue entry and its
         # index entries, all in one loop under the put lock. It is written out flat on
         # purpose: every Python call here costs as much as packing a field.
-        refused = self._refuse_all(msgs)
-        if refused is not None:
-            return refused
+        if self._closed or self.disk_full:
+            return self._refuse_all(msgs)
         lock = self._lock
         if not lock.acquire(False) and not lock.acquire(timeout=self._lock_timeout):
             busy = PutResult(PutStatus.SYSTEM_BUSY, message="store busy: append lock timed out")
             return [busy] * len(msgs)
         try:
+            if self._closed:  # closed while we waited for the lock
+                return self._refuse_all(msgs)
             results: list[PutResult] = []
             log = self._log
             cqs = self._cqs
@@ -386,6 +417,11 @@ class MessageStore:
             max_body = self._max_body
             max_props = self._max_props
             sh, sp = self._store_host
+            # One store timestamp per call (ms resolution; never decreasing along the log).
+            now = self._clock()
+            if now < self._last_store_ts:
+                now = self._last_store_ts
+            self._last_store_ts = now
             for msg in msgs:
                 body = msg.body
                 topic = msg.topic
@@ -430,10 +466,6 @@ class MessageStore:
                         )
                         continue
                 phys = mf.start + pos
-                now = self._clock()
-                if now < self._last_store_ts:
-                    now = self._last_store_ts
-                self._last_store_ts = now
                 born = msg.born_host
                 bh, bp = encode_host(born) if born else _NO_HOST
                 rec = _join(
@@ -466,9 +498,15 @@ class MessageStore:
                 mm[pos + 12 : pos + size] = rec
                 end = phys + size
                 log.wrote = end
-                cq.append(phys, size, (tag_cache.get(tags) or self._tag_hash(tags)) if tags else 0)
-                if keys or uniq:
-                    self._index.put(topic, keys, uniq, phys, now)
+                try:
+                    cq.append(
+                        phys, size, (tag_cache.get(tags) or self._tag_hash(tags)) if tags else 0
+                    )
+                    if keys or uniq:
+                        self._index.put(topic, keys, uniq, phys, now)
+                except OSError as exc:  # no room for a new queue or index file
+                    results.append(self._roll_back(cq, qoff, mf, pos, size, exc))
+                    continue
                 results.append(PutResult(PutStatus.PUT_OK, phys, size, qoff, now, end))
             return results
         finally:

@@ -10,11 +10,13 @@ half-way mark of the warmed window (one comparison per append).
 
 from __future__ import annotations
 
+import collections
 import threading
 
 from loguru import logger
 
 from .commitlog import CommitLog
+from .mapped_file import MappedFile
 
 __all__ = ["PageWarmer"]
 
@@ -30,6 +32,7 @@ class PageWarmer:
         self._stopping = False
         self.warmed = log.wrote
         self.supported = True
+        self._files: collections.deque[MappedFile] = collections.deque()
         self._thread = threading.Thread(target=self._run, name="store-warmer", daemon=True)
 
     def start(self) -> None:
@@ -39,6 +42,12 @@ class PageWarmer:
         self._thread.start()
         self._wake.set()
 
+    def populate_later(self, mf: MappedFile) -> None:
+        """Fault in a whole new file (a ConsumeQueue or Index file) in the background."""
+        if self.supported and not self._stopping:
+            self._files.append(mf)
+            self._wake.set()
+
     def _run(self) -> None:
         while not self._stopping:
             self._wake.wait(1.0)
@@ -47,6 +56,7 @@ class PageWarmer:
                 return
             try:
                 self._warm()
+                self._warm_files()
             except Exception:
                 logger.exception("page warmer failed; appends go on unwarmed")
             if not self.supported:
@@ -75,6 +85,15 @@ class PageWarmer:
             self.warmed = pos
             # Wake again once the writer is half-way through what is warm.
             log.warm_mark = pos - self._ahead // 2
+
+    def _warm_files(self) -> None:
+        while self._files and not self._stopping:
+            mf = self._files.popleft()
+            for pos in range(0, mf.size, self._chunk):
+                if self._stopping or mf.mm.closed or not mf.populate(pos, self._chunk):
+                    break
+            if self._log.wrote > self._log.warm_mark:  # the log writer needs us first
+                self._warm()
 
     def stop(self) -> None:
         """Stop the thread."""
