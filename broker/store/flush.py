@@ -83,8 +83,10 @@ class FlushService:
         while True:
             with self._work:
                 if sync:
-                    while self._requested <= self.flushed and not self._stopping:
-                        self._work.wait()
+                    # Flush when a writer asks; and on the interval anyway, so that appends
+                    # nobody waits for (oneway sends) become durable too.
+                    if self._requested <= self.flushed and not self._stopping:
+                        self._work.wait(self._interval)
                 elif not self._stopping:
                     self._work.wait(self._interval)
                 stopping = self._stopping
@@ -99,6 +101,8 @@ class FlushService:
                 return
 
     def _flush_once(self) -> None:
+        if self._log.wrote <= self.flushed:
+            return  # nothing new: an idle interval
         if self._before_flush is not None:
             self._before_flush()
         began = time.monotonic()

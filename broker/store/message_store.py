@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
 import threading
 import time
 import zlib
@@ -467,32 +468,19 @@ class MessageStore:
                         continue
                 phys = mf.start + pos
                 born = msg.born_host
-                bh, bp = encode_host(born) if born else _NO_HOST
-                rec = _join(
-                    (
-                        _pack_tail(
-                            qid,
-                            msg.flag,
-                            qoff,
-                            phys,
-                            msg.sysflag,
-                            msg.born_timestamp,
-                            now,
-                            bh,
-                            bp,
-                            sh,
-                            sp,
-                            msg.reconsume_times,
-                            msg.prepared_tx_offset,
-                            len(topic_b),
-                            len(props_b),
-                            len(body),
-                        ),
-                        topic_b,
-                        props_b,
-                        body,
+                try:
+                    bh, bp = encode_host(born) if born else _NO_HOST
+                    tail = _pack_tail(
+                        qid, msg.flag, qoff, phys, msg.sysflag, msg.born_timestamp, now, bh, bp,
+                        sh, sp, msg.reconsume_times, msg.prepared_tx_offset, len(topic_b),
+                        len(props_b), len(body),
+                    )  # fmt: skip
+                except (struct.error, ValueError) as exc:  # a field out of range: refuse it
+                    results.append(
+                        PutResult(PutStatus.MESSAGE_ILLEGAL, message=f"bad field value: {exc}")
                     )
-                )
+                    continue
+                rec = _join((tail, topic_b, props_b, body))
                 mm = mf.mm
                 _pack_prefix(mm, pos, size, MESSAGE_MAGIC, _crc32(rec))
                 mm[pos + 12 : pos + size] = rec
@@ -681,6 +669,10 @@ class MessageStore:
             queues = [self._cqs.pop(key) for key in gone]
         for cq in queues:
             cq.destroy()
+        if queues:
+            # Move the checkpoint past the topic's records, so that crash recovery does not
+            # re-dispatch them into a revived queue.
+            self.checkpoint()
         if queues:
             try:
                 os.rmdir(os.path.join(self._cq_root, topic))
