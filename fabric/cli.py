@@ -18,6 +18,8 @@ __all__ = ["main"]
 # name -> (help, module path). The module provides add_arguments(parser) and run(args).
 _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "nameserver": ("run a NameServer (route discovery)", "nameserver.cli"),
+    "broker": ("run a broker (stores and serves messages)", "broker.cli"),
+    "up": ("run a local fabric: one NameServer and one broker", "fabric.up"),
 }
 
 

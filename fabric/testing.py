@@ -10,13 +10,15 @@ chatty server never blocks on a full pipe, and its stderr stays available for as
 Usage::
 
     with run_nameserver(heartbeat_expiry=1.0) as ns:
-        ...  # connect to ns.endpoint
+        with run_broker(tmp_path / "b", ns.endpoint) as broker:
+            ...  # connect to ns.endpoint and broker.endpoint
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
+import json
 import os
 import queue
 import subprocess
@@ -31,10 +33,13 @@ from typing import IO, Final
 __all__ = [
     "LOOPBACK",
     "READY_TIMEOUT",
+    "SMALL_STORE",
     "STOP_TIMEOUT",
     "ServerProcess",
+    "run_broker",
     "run_nameserver",
     "spawn",
+    "write_broker_config",
 ]
 
 #: Bind here in tests: loopback, port chosen by the OS.
@@ -43,6 +48,15 @@ LOOPBACK: Final = "tcp://127.0.0.1:0"
 READY_TIMEOUT: Final = 15.0
 #: Seconds a server gets to exit after SIGTERM, before SIGKILL.
 STOP_TIMEOUT: Final = 5.0
+#: Store settings for tests: small segments and index files, no page warmer (a broker
+#: starts in milliseconds and a test directory stays small).
+SMALL_STORE: Final[Mapping[str, object]] = {
+    "segment_size": 8 * 1024 * 1024,
+    "cq_entries_per_file": 4096,
+    "index_slots": 4096,
+    "index_entries": 16384,
+    "warm_ahead_bytes": 0,
+}
 _LOG_LINES: Final = 5000
 _EOF: Final = object()
 
@@ -273,6 +287,75 @@ def run_nameserver(
     if heartbeat_expiry is not None:
         command += ["--heartbeat-expiry", repr(heartbeat_expiry)]
     return spawn(command, ready=["nameserver"], ready_timeout=ready_timeout)
+
+
+def run_broker(
+    data: str | os.PathLike[str],
+    nameservers: str | Sequence[str] = (),
+    *,
+    bind: str = LOOPBACK,
+    flush: str | None = None,
+    cluster: str | None = None,
+    name: str | None = None,
+    config: str | os.PathLike[str] | None = None,
+    heartbeat_interval: float | None = None,
+    auto_create_topics: bool | None = None,
+    extra_args: Sequence[str] = (),
+    log_level: str = "INFO",
+    ready_timeout: float = READY_TIMEOUT,
+) -> ServerProcess:
+    """Start ``fabric broker`` on ``data`` (port 0 by default) and wait for its READY line.
+
+    Args:
+        data: the broker's data directory (store, topics, offsets).
+        nameservers: NameServer endpoints, a list or one comma-separated string; none
+            leaves the broker unregistered (clients then connect to it directly).
+        bind: the ROUTER endpoint.
+        flush: "async" or "sync" (default: the broker's, async).
+        cluster: cluster name; name: broker name.
+        config: a TOML or JSON config file (``--config``).
+        heartbeat_interval: seconds between registrations.
+        auto_create_topics: turn auto-creation on or off (default: the broker's, on).
+        extra_args: more command-line arguments, as given.
+        log_level: the broker's stderr log level.
+        ready_timeout: seconds to wait for READY.
+    """
+    command = ["broker", "--data", os.fspath(data), "--bind", bind, "--log-level", log_level]
+    endpoints = [nameservers] if isinstance(nameservers, str) else list(nameservers)
+    if endpoints:
+        command += ["--nameserver", ",".join(endpoints)]
+    if flush is not None:
+        command += ["--flush", flush]
+    if cluster is not None:
+        command += ["--cluster", cluster]
+    if name is not None:
+        command += ["--name", name]
+    if config is not None:
+        command += ["--config", os.fspath(config)]
+    if heartbeat_interval is not None:
+        command += ["--heartbeat-interval", repr(heartbeat_interval)]
+    if auto_create_topics is not None:
+        command.append("--auto-create-topics" if auto_create_topics else "--no-auto-create-topics")
+    command += list(extra_args)
+    return spawn(command, ready=["broker"], ready_timeout=ready_timeout)
+
+
+def write_broker_config(
+    path: str | os.PathLike[str],
+    store: Mapping[str, object] | None = None,
+    **fields: object,
+) -> str:
+    """Write a broker JSON config file for ``run_broker(config=...)``; returns its path.
+
+    Args:
+        path: the file to write (``.json``).
+        store: the ``store`` table; default :data:`SMALL_STORE`.
+        fields: top-level BrokerConfig fields, e.g. ``max_message_size=1024``.
+    """
+    data = {**fields, "store": dict(SMALL_STORE if store is None else store)}
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    return os.fspath(path)
 
 
 @atexit.register

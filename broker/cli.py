@@ -1,0 +1,148 @@
+"""The ``fabric broker`` subcommand: arguments, logging, run until SIGINT or SIGTERM.
+
+``fabric broker --nameserver EP[,EP...] --data DIR [--bind ENDPOINT] [--cluster NAME]
+[--name NAME] [--flush async|sync] [--config FILE] [--log-level LEVEL]`` opens the store,
+binds, prints exactly one line on stdout, ``READY broker tcp://HOST:PORT`` (the real port
+when ``--bind`` says 0), registers with every NameServer, then serves until SIGINT or
+SIGTERM: it stops accepting, answers what waits, unregisters, flushes and closes the
+store, and exits 0. It exits 1 when it cannot start (address in use, store locked by
+another broker) and 2 for a bad configuration. Logs go to stderr.
+
+Flags override the config file (broker.config), which overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from loguru import logger
+
+from .config import DEFAULT_BIND, BrokerConfig, BrokerConfigError, load_config
+
+__all__ = ["add_arguments", "config_from_args", "run"]
+
+_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the broker's options to ``parser``."""
+    parser.add_argument(
+        "--nameserver",
+        metavar="EP[,EP...]",
+        help="NameServer endpoints to register with, comma-separated",
+    )
+    parser.add_argument("--data", metavar="DIR", help="data directory (store, topics, offsets)")
+    parser.add_argument(
+        "--bind",
+        metavar="ENDPOINT",
+        help=f"ROUTER endpoint to bind; port 0 picks a free port (default {DEFAULT_BIND})",
+    )
+    parser.add_argument(
+        "--advertise",
+        metavar="ENDPOINT",
+        help="endpoint registered with the NameServers (default: the bound one)",
+    )
+    parser.add_argument("--cluster", metavar="NAME", help="cluster name (default DefaultCluster)")
+    parser.add_argument("--name", metavar="NAME", help="broker name (default broker-a)")
+    parser.add_argument(
+        "--flush",
+        choices=("async", "sync"),
+        help="async: acknowledge once in the page cache (default); sync: after fsync",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML (.toml) or JSON config file")
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="seconds between registrations with each NameServer (default 30)",
+    )
+    parser.add_argument(
+        "--auto-create-topics",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="create unknown topics on first send (default on)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=_LEVELS,
+        default="INFO",
+        metavar="LEVEL",
+        help="stderr log level: " + ", ".join(_LEVELS) + " (default INFO)",
+    )
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def config_from_args(args: argparse.Namespace) -> BrokerConfig:
+    """The config file named by ``--config`` with the flags applied (validated).
+
+    Raises:
+        BrokerConfigError: unreadable file or a bad value.
+    """
+    nameservers = None
+    if args.nameserver is not None:
+        nameservers = [ep.strip() for ep in args.nameserver.split(",") if ep.strip()]
+    return load_config(
+        args.config,
+        nameservers=nameservers,
+        data_dir=args.data,
+        bind=args.bind,
+        advertise=args.advertise,
+        cluster_name=args.cluster,
+        broker_name=args.name,
+        flush=args.flush,
+        heartbeat_interval=args.heartbeat_interval,
+        auto_create_topics=args.auto_create_topics,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the broker until SIGINT or SIGTERM; the exit status."""
+    logger.remove()
+    logger.add(sys.stderr, level=args.log_level)
+    logger.enable("fabric")
+    logger.enable("broker")
+    try:
+        config = config_from_args(args)
+    except BrokerConfigError as exc:
+        logger.error("broker: bad configuration: {}", exc)
+        return 2
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: BrokerConfig) -> int:
+    # Imported here: `fabric --help` and the other subcommands never load the server.
+    from fabric.errors import TransportError
+
+    from .server import BrokerServer
+    from .store import StoreError
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    server = BrokerServer(config)
+    try:
+        try:
+            endpoint = await server.start()
+        except (TransportError, StoreError, ValueError, OSError) as exc:
+            logger.error("broker cannot start: {}", exc)
+            await server.close()
+            return 1
+        print(f"READY broker {endpoint}", flush=True)
+        await stop.wait()
+        logger.info("broker: signal received, shutting down")
+        await server.close()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 0
