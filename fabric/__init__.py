@@ -1,5 +1,12 @@
 """zmq-fabric: a RocketMQ-class message fabric on ZeroMQ (client library and shared protocol).
 
+The blocking client API is here; ``fabric.aio`` has the same names for asyncio::
+
+    from fabric import Message, Producer, PullConsumer
+
+    with Producer("group", nameservers="tcp://127.0.0.1:9876") as p:
+        result = p.send(Message("Topic", b"body", tags="A", keys=["k1"]))
+
 The library logs through loguru but stays silent unless an entry point enables it
 (the loguru library convention): ``logger.enable("fabric")``.
 """
@@ -8,8 +15,66 @@ from __future__ import annotations
 
 from loguru import logger
 
+from fabric.consumer import PullConsumer
+from fabric.errors import (
+    BrokerNotRegisteredError,
+    ConnectionClosedError,
+    FabricError,
+    InvalidNameError,
+    MessageIllegalError,
+    MessageTooLargeError,
+    NoPermissionError,
+    NoRouteError,
+    NotFoundError,
+    OffsetNotFoundError,
+    ProtocolError,
+    RequestTimeoutError,
+    ServerBusyError,
+    ServerError,
+    ServiceUnavailableError,
+    TopicExistsError,
+    TopicNotExistError,
+    TransportError,
+    UnexpectedResponseError,
+    UnsupportedError,
+)
+from fabric.message import Message, MessageExt, MessageQueue, PullResult, SendResult
+from fabric.producer import Producer
+from fabric.protocol.codes import PullStatus, SendStatus
+
 logger.disable("fabric")
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "BrokerNotRegisteredError",
+    "ConnectionClosedError",
+    "FabricError",
+    "InvalidNameError",
+    "Message",
+    "MessageExt",
+    "MessageIllegalError",
+    "MessageQueue",
+    "MessageTooLargeError",
+    "NoPermissionError",
+    "NoRouteError",
+    "NotFoundError",
+    "OffsetNotFoundError",
+    "Producer",
+    "ProtocolError",
+    "PullConsumer",
+    "PullResult",
+    "PullStatus",
+    "RequestTimeoutError",
+    "SendResult",
+    "SendStatus",
+    "ServerBusyError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "TopicExistsError",
+    "TopicNotExistError",
+    "TransportError",
+    "UnexpectedResponseError",
+    "UnsupportedError",
+    "__version__",
+]

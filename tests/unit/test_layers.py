@@ -1,4 +1,4 @@
-"""The import rule of docs/ARCHITECTURE.md for the protocol, transport and NameServer modules."""
+"""The import rule of docs/ARCHITECTURE.md: protocol, transport, client and NameServer modules."""
 
 from __future__ import annotations
 
@@ -57,4 +57,61 @@ def test_transport_layer_adds_only_zmq_and_loguru(path: Path) -> None:
 def test_nameserver_never_imports_broker_or_clients(path: Path) -> None:
     forbidden = ("broker", "fabric.producer", "fabric.consumer", "fabric.admin")
     bad = {n for n in imports(path) if n.startswith(forbidden)}
+    assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
+# The client layer: base and transport below it, never a server.
+CLIENT = sorted(
+    [
+        *(
+            ROOT / "fabric" / name
+            for name in (
+                "__init__.py",
+                "admin.py",
+                "aio.py",
+                "client.py",
+                "message.py",
+                "producer.py",
+                "routing.py",
+                "selector.py",
+                "sending.py",
+            )
+        ),
+        *(ROOT / "fabric" / "consumer").glob("*.py"),
+    ]
+)
+_CLIENT_MODULES = (
+    "fabric.protocol",
+    "fabric.errors",
+    "fabric.transport",
+    "fabric.iothread",
+    "fabric.message",
+    "fabric.routing",
+    "fabric.selector",
+    "fabric.client",
+    "fabric.sending",
+    "fabric.producer",
+    "fabric.consumer",
+)
+
+
+@pytest.mark.parametrize("path", CLIENT, ids=lambda p: str(p.relative_to(ROOT)))
+def test_client_layer_imports_base_and_transport_only(path: Path) -> None:
+    prefixes = ("msgspec", "zmq", "loguru", *_CLIENT_MODULES)
+    bad = {n for n in imports(path) if not allowed(n, prefixes)}
+    assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
+def test_selector_is_pure() -> None:
+    path = ROOT / "fabric" / "selector.py"
+    bad = {n for n in imports(path) if not allowed(n, ("fabric.protocol",))}
+    assert not bad, f"selector.py imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize(
+    "path", [ROOT / "fabric" / "message.py", ROOT / "fabric" / "protocol" / "records.py"]
+)
+def test_message_types_need_no_sockets(path: Path) -> None:
+    prefixes = ("msgspec", "fabric.protocol", "fabric.errors")
+    bad = {n for n in imports(path) if not allowed(n, prefixes)}
     assert not bad, f"{path.name} imports {sorted(bad)}"

@@ -1,0 +1,435 @@
+"""``fabric admin``: topics across the cluster (SPEC M1, O1), as a command and as a class.
+
+``fabric admin --nameserver EP[,EP...] topic create|update|delete|list ...``:
+
+* ``topic create --topic T [--queues N] [--read-queues N] [--write-queues N] [--perm rw]
+  [--broker NAME | --cluster NAME]`` creates T on every master of the named broker,
+  of the named cluster, or (default) of every cluster the NameServers know;
+* ``topic update ...`` (same options) changes the queue counts or permission;
+* ``topic delete --topic T [--broker NAME | --cluster NAME]``;
+* ``topic list [--broker NAME | --cluster NAME]`` prints one line per topic::
+
+      TopicA broker-a:r4/w4 broker-b:r4/w4
+
+  (broker name, read and write queue counts; ``perm`` is added when not RW).
+
+Brokers are found with GET_CLUSTER_INFO and asked directly (CREATE_TOPIC, UPDATE_TOPIC,
+DELETE_TOPIC, LIST_TOPICS), so ``list`` shows a change as soon as it is made (the
+NameServers learn it with the broker's next registration). On failure the command
+prints ``fabric admin: <CODE> (<number>): <message>`` on stderr and exits 1.
+
+:class:`Admin` is the same as a blocking Python class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Final
+
+from loguru import logger
+
+from fabric.client import ClientCore, LoopRunner
+from fabric.errors import FabricError, InvalidNameError, NoRouteError, TopicNotExistError
+from fabric.protocol.codes import Perm, RequestCode, ResponseCode
+from fabric.protocol.messages import (
+    DEFAULT_QUEUE_NUMS,
+    DEFAULT_TOPIC_PERM,
+    MAX_QUEUE_NUMS,
+    ClusterInfo,
+    DeleteTopicBody,
+    Empty,
+    TopicConfig,
+    TopicConfigList,
+)
+from fabric.protocol.names import check_topic
+from fabric.routing import parse_nameservers
+from fabric.transport import DEFAULT_TIMEOUT
+
+__all__ = ["Admin", "add_arguments", "run"]
+
+_MASTER: Final = 0
+_PERMS: Final = {"rw": DEFAULT_TOPIC_PERM, "r": int(Perm.READ), "w": int(Perm.WRITE), "-": 0}
+
+
+class _AdminCore:
+    """The admin's requests, on the loop."""
+
+    def __init__(self, client: ClientCore) -> None:
+        self.client = client
+
+    async def targets(self, broker: str | None, cluster: str | None) -> dict[str, str]:
+        """Broker name -> master address of the brokers a command applies to."""
+        info = await self.client.routes.cluster_info()
+        if broker is not None:
+            names = [broker]
+        elif cluster is not None:
+            if cluster not in info.clusters:
+                raise NoRouteError(
+                    f"no live broker in cluster {cluster}", code=ResponseCode.NO_ROUTE
+                )
+            names = list(info.clusters[cluster])
+        else:
+            names = sorted(info.brokers)
+        found: dict[str, str] = {}
+        for name in names:
+            data = info.brokers.get(name)
+            if data is None or _MASTER not in data.broker_addrs:
+                raise NoRouteError(f"no live master of broker {name}", code=ResponseCode.NO_ROUTE)
+            found[name] = data.broker_addrs[_MASTER]
+        if not found:
+            raise NoRouteError("no live broker", code=ResponseCode.NO_ROUTE)
+        return found
+
+    async def put_topic(
+        self, code: RequestCode, config: TopicConfig, targets: dict[str, str]
+    ) -> dict[str, TopicConfig]:
+        done: dict[str, TopicConfig] = {}
+        first: FabricError | None = None
+        for name, address in targets.items():
+            try:
+                conn = self.client.connection(address)
+                done[name] = await conn.call(code, config, TopicConfig)
+            except FabricError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+        return done
+
+    async def delete_topic(self, topic: str, targets: dict[str, str]) -> list[str]:
+        deleted: list[str] = []
+        missing: FabricError | None = None
+        for name, address in targets.items():
+            try:
+                conn = self.client.connection(address)
+                await conn.call(RequestCode.DELETE_TOPIC, DeleteTopicBody(topic=topic), Empty)
+            except TopicNotExistError as exc:
+                missing = exc
+                continue
+            deleted.append(name)
+        if not deleted and missing is not None:
+            raise missing
+        return deleted
+
+    async def list_topics(self, targets: dict[str, str]) -> dict[str, dict[str, TopicConfig]]:
+        topics: dict[str, dict[str, TopicConfig]] = {}
+        for name, address in targets.items():
+            conn = self.client.connection(address)
+            reply = await conn.call(RequestCode.LIST_TOPICS, Empty(), TopicConfigList)
+            for config in reply.topics:
+                topics.setdefault(config.topic, {})[name] = config
+        return {t: topics[t] for t in sorted(topics)}
+
+
+class Admin:
+    """Topic administration across the brokers the NameServers know (blocking).
+
+    Args:
+        nameservers: ``"ep1;ep2"``, ``"ep1,ep2"`` or a list of NameServer endpoints.
+        timeout: seconds each request waits for its reply.
+
+    Usage::
+
+        with Admin("tcp://127.0.0.1:9876") as admin:
+            admin.create_topic("Orders", queues=8)
+    """
+
+    def __init__(self, nameservers: str | Sequence[str], *, timeout: float = DEFAULT_TIMEOUT):
+        self.nameservers = parse_nameservers(nameservers)
+        self.timeout = timeout
+        self._runner: LoopRunner | None = None
+        self._core: _AdminCore | None = None
+
+    async def _make_core(self, context: Any) -> _AdminCore:
+        return _AdminCore(
+            ClientCore(context, self.nameservers, timeout=self.timeout, route_refresh=0)
+        )
+
+    def start(self) -> Admin:
+        """Start the I/O thread. Returns self."""
+        if self._runner is None:
+            runner = LoopRunner("fabric-admin")
+            self._core = runner.start(self._make_core)
+            self._runner = runner
+        return self
+
+    def _started(self) -> tuple[_AdminCore, LoopRunner]:
+        if self._core is None or self._runner is None:
+            raise RuntimeError("the admin is not started")
+        return self._core, self._runner
+
+    def _wait(self, brokers: int = 1) -> float:
+        return self.timeout * (len(self.nameservers) + brokers + 1)
+
+    def cluster_info(self) -> ClusterInfo:
+        """GET_CLUSTER_INFO from the NameServers."""
+        core, runner = self._started()
+        return runner.run(core.client.routes.cluster_info(), self._wait())
+
+    def _config(
+        self,
+        topic: str,
+        queues: int | None,
+        read_queues: int | None,
+        write_queues: int | None,
+        perm: int,
+    ) -> TopicConfig:
+        problem = check_topic(topic)
+        if problem is not None:
+            raise InvalidNameError(problem, code=ResponseCode.INVALID_TOPIC_NAME, name=topic)
+        default = DEFAULT_QUEUE_NUMS if queues is None else queues
+        read = default if read_queues is None else read_queues
+        write = default if write_queues is None else write_queues
+        for n in (read, write):
+            if not 0 <= n <= MAX_QUEUE_NUMS:
+                raise ValueError(f"queue counts must be in 0..{MAX_QUEUE_NUMS}, got {n}")
+        return TopicConfig(topic=topic, read_queue_nums=read, write_queue_nums=write, perm=perm)
+
+    def _put(
+        self,
+        code: RequestCode,
+        topic: str,
+        queues: int | None,
+        read_queues: int | None,
+        write_queues: int | None,
+        perm: int,
+        broker: str | None,
+        cluster: str | None,
+    ) -> dict[str, TopicConfig]:
+        core, runner = self._started()
+        config = self._config(topic, queues, read_queues, write_queues, perm)
+
+        async def go() -> dict[str, TopicConfig]:
+            targets = await core.targets(broker, cluster)
+            return await core.put_topic(code, config, targets)
+
+        return runner.run(go(), self._wait(8))
+
+    def create_topic(
+        self,
+        topic: str,
+        *,
+        queues: int | None = None,
+        read_queues: int | None = None,
+        write_queues: int | None = None,
+        perm: int = DEFAULT_TOPIC_PERM,
+        broker: str | None = None,
+        cluster: str | None = None,
+    ) -> dict[str, TopicConfig]:
+        """CREATE_TOPIC on the chosen brokers (default: every live master).
+
+        Args:
+            topic: the topic.
+            queues: read and write queues per broker (default 4).
+            read_queues, write_queues: set one count apart from ``queues``.
+            perm: Perm bits (default READ|WRITE).
+            broker: only this broker name; cluster: only the brokers of this cluster.
+
+        Returns:
+            Broker name -> the TopicConfig it stored.
+
+        Raises:
+            TopicExistsError: a broker has the topic already (the others still got it).
+            NoRouteError: no such broker or cluster is alive.
+        """
+        return self._put(
+            RequestCode.CREATE_TOPIC,
+            topic,
+            queues,
+            read_queues,
+            write_queues,
+            perm,
+            broker,
+            cluster,
+        )
+
+    def update_topic(
+        self,
+        topic: str,
+        *,
+        queues: int | None = None,
+        read_queues: int | None = None,
+        write_queues: int | None = None,
+        perm: int = DEFAULT_TOPIC_PERM,
+        broker: str | None = None,
+        cluster: str | None = None,
+    ) -> dict[str, TopicConfig]:
+        """UPDATE_TOPIC on the chosen brokers; arguments as :meth:`create_topic`.
+
+        Raises:
+            TopicNotExistError: a broker does not have the topic (the others were updated).
+        """
+        return self._put(
+            RequestCode.UPDATE_TOPIC,
+            topic,
+            queues,
+            read_queues,
+            write_queues,
+            perm,
+            broker,
+            cluster,
+        )
+
+    def delete_topic(
+        self, topic: str, *, broker: str | None = None, cluster: str | None = None
+    ) -> list[str]:
+        """DELETE_TOPIC on the chosen brokers; the names of those that had it.
+
+        Raises:
+            TopicNotExistError: none of them had it.
+        """
+        core, runner = self._started()
+
+        async def go() -> list[str]:
+            return await core.delete_topic(topic, await core.targets(broker, cluster))
+
+        return runner.run(go(), self._wait(8))
+
+    def list_topics(
+        self, *, broker: str | None = None, cluster: str | None = None
+    ) -> dict[str, dict[str, TopicConfig]]:
+        """Topic -> {broker name -> TopicConfig}, from the chosen brokers, sorted by topic."""
+        core, runner = self._started()
+
+        async def go() -> dict[str, dict[str, TopicConfig]]:
+            return await core.list_topics(await core.targets(broker, cluster))
+
+        return runner.run(go(), self._wait(8))
+
+    def shutdown(self) -> None:
+        """Close the connections and stop the I/O thread. Idempotent."""
+        core, runner = self._core, self._runner
+        self._core = self._runner = None
+        if core is not None and runner is not None:
+            runner.stop(core.client.close, self.timeout)
+
+    def __enter__(self) -> Admin:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+
+# ---------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``fabric admin``'s options and sub-subcommands to ``parser``."""
+    parser.add_argument(
+        "--nameserver",
+        required=True,
+        metavar="EP[,EP...]",
+        help="NameServer endpoints, comma- or semicolon-separated",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"seconds each request waits (default {DEFAULT_TIMEOUT:g})",
+    )
+    objects = parser.add_subparsers(dest="object", metavar="OBJECT")
+    objects.required = True
+    topic = objects.add_parser("topic", help="create, update, delete and list topics")
+    actions = topic.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    for name, help_text in (("create", "create a topic"), ("update", "change a topic")):
+        p = actions.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--topic", required=True)
+        p.add_argument(
+            "--queues",
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"read and write queues per broker (default {DEFAULT_QUEUE_NUMS})",
+        )
+        p.add_argument("--read-queues", type=int, default=None, metavar="N")
+        p.add_argument("--write-queues", type=int, default=None, metavar="N")
+        p.add_argument(
+            "--perm", choices=sorted(_PERMS), default="rw", help="permission (default rw)"
+        )
+        _add_scope(p)
+    p = actions.add_parser("delete", help="delete a topic", description="delete a topic")
+    p.add_argument("--topic", required=True)
+    _add_scope(p)
+    p = actions.add_parser(
+        "list", help="list topics and their queues", description="list topics and their queues"
+    )
+    _add_scope(p)
+
+
+def _add_scope(parser: argparse.ArgumentParser) -> None:
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--broker", metavar="NAME", help="only this broker")
+    scope.add_argument("--cluster", metavar="NAME", help="only the brokers of this cluster")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one admin command; the exit status (0, or 1 on failure)."""
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    logger.enable("fabric")
+    try:
+        with Admin(args.nameserver, timeout=args.timeout) as admin:
+            return _run(admin, args)
+    except FabricError as exc:
+        print(f"fabric admin: {_describe(exc)}", file=sys.stderr)
+        return 1
+    except (ValueError, TimeoutError) as exc:
+        print(f"fabric admin: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(admin: Admin, args: argparse.Namespace) -> int:
+    scope = {"broker": args.broker, "cluster": args.cluster}
+    if args.action in ("create", "update"):
+        put = admin.create_topic if args.action == "create" else admin.update_topic
+        done = put(
+            args.topic,
+            queues=args.queues,
+            read_queues=args.read_queues,
+            write_queues=args.write_queues,
+            perm=_PERMS[args.perm],
+            **scope,
+        )
+        verb = "created" if args.action == "create" else "updated"
+        for name, config in done.items():
+            print(f"{verb} {config.topic} on {name}: {_queues(config)}")
+    elif args.action == "delete":
+        for name in admin.delete_topic(args.topic, **scope):
+            print(f"deleted {args.topic} on {name}")
+    else:
+        for topic, by_broker in admin.list_topics(**scope).items():
+            parts = [f"{name}:{_queues(config)}" for name, config in by_broker.items()]
+            print(topic, *parts)
+    return 0
+
+
+def _queues(config: TopicConfig) -> str:
+    text = f"r{config.read_queue_nums}/w{config.write_queue_nums}"
+    if config.perm != DEFAULT_TOPIC_PERM:
+        text += f"/perm={config.perm}"
+    return text
+
+
+def _describe(exc: FabricError) -> str:
+    code = exc.code
+    if isinstance(code, ResponseCode):
+        head = f"{code.name} ({int(code)})"
+    elif code is not None:
+        head = f"code {code}"
+    else:
+        head = type(exc).__name__
+    text = f"{head}: {exc.message}"
+    if exc.address:
+        text += f" (addr={exc.address})"
+    return text

@@ -1,0 +1,270 @@
+"""The client API for asyncio: the same names as ``fabric``, awaitable (SPEC I3).
+
+::
+
+    from fabric import Message
+    from fabric.aio import Producer, PullConsumer
+
+    async with Producer("group", nameservers="tcp://127.0.0.1:9876") as p:
+        result = await p.send(Message("Topic", b"body"))
+        future = p.send_async(Message("Topic", b"more"))   # an asyncio.Future
+        await p.send_oneway(Message("Topic", b"log line"))
+
+These classes run their core (fabric.sending, fabric.consumer.pull) on the running
+loop itself: no I/O thread and no thread hop. The sockets belong to that loop (the rule
+of fabric.iothread), so a client is used on the loop that started it, and
+``send_async`` callbacks run on that loop and must not block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Final
+
+import zmq.asyncio
+from loguru import logger
+
+from fabric.consumer.pull import (
+    DEFAULT_MAX_NUMS,
+    DEFAULT_PULL_TIMEOUT,
+    PullConsumerCore,
+    PullConsumerFront,
+)
+from fabric.message import Message, MessageQueue, PullResult, SendResult
+from fabric.producer import ProducerFront
+from fabric.sending import ProducerCore, SendCallback
+
+__all__ = ["Producer", "PullConsumer"]
+
+_CLOSE_TIMEOUT: Final = 5.0
+
+
+def _check_loop(loop: asyncio.AbstractEventLoop) -> None:
+    if asyncio.get_running_loop() is not loop:
+        raise RuntimeError("a fabric.aio client is used on the loop that started it")
+
+
+class Producer(ProducerFront):
+    """An asyncio producer; arguments as ``fabric.Producer``.
+
+    Usage::
+
+        async with Producer("group", nameservers="tcp://127.0.0.1:9876") as p:
+            result = await p.send(Message("Topic", b"body"))
+    """
+
+    _core: ProducerCore | None = None
+    _context: zmq.asyncio.Context | None = None
+
+    async def start(self) -> Producer:
+        """Start on the running loop (connections are made on first use). Returns self."""
+        if self._core is not None:
+            raise RuntimeError("the producer is already started")
+        context = zmq.asyncio.Context()
+        try:
+            self._core = await self._make_core(context)
+        except BaseException:
+            context.destroy(linger=0)
+            raise
+        self._context = context
+        logger.info("producer {} started (nameservers {})", self.group, self.nameservers)
+        return self
+
+    def _started(self) -> ProducerCore:
+        core = self._core
+        if core is None:
+            raise RuntimeError("the producer is not started")
+        _check_loop(core.loop)
+        return core
+
+    async def send(
+        self,
+        msg: Message,
+        *,
+        sharding_key: str | None = None,
+        queue: MessageQueue | None = None,
+        timeout: float | None = None,
+    ) -> SendResult:
+        """Send and wait for the outcome; as ``fabric.Producer.send``."""
+        return await self.send_async(msg, sharding_key=sharding_key, queue=queue, timeout=timeout)
+
+    def send_async(
+        self,
+        msg: Message,
+        callback: SendCallback | None = None,
+        *,
+        sharding_key: str | None = None,
+        queue: MessageQueue | None = None,
+        timeout: float | None = None,
+    ) -> asyncio.Future[SendResult]:
+        """Send without waiting; the future resolves to the SendResult.
+
+        ``callback(result_or_exception)`` runs on the loop when the send is over. No
+        backpressure here: the caller's loop decides how much it keeps in flight.
+        """
+        core = self._started()
+        future: asyncio.Future[SendResult] = core.loop.create_future()
+        item = core.prepare(
+            msg, sink=future, callback=callback, key=sharding_key, queue=queue, timeout=timeout
+        )
+        core.wait_for_room(block=False)
+        core.submit(item)
+        return future
+
+    async def send_oneway(
+        self,
+        msg: Message,
+        *,
+        sharding_key: str | None = None,
+        queue: MessageQueue | None = None,
+    ) -> None:
+        """Send with no reply at all; returns at once."""
+        core = self._started()
+        item = core.prepare(msg, key=sharding_key, queue=queue, oneway=True)
+        core.wait_for_room(block=False)
+        core.submit(item)
+
+    async def send_batch(
+        self,
+        msgs: Sequence[Message],
+        *,
+        sharding_key: str | None = None,
+        queue: MessageQueue | None = None,
+        timeout: float | None = None,
+    ) -> list[SendResult]:
+        """Messages of one topic in one request to one queue; one SendResult each."""
+        core = self._started()
+        future: asyncio.Future[list[SendResult]] = core.loop.create_future()
+        chunk = core.prepare_batch(
+            msgs, sink=future, key=sharding_key, queue=queue, timeout=timeout
+        )
+        core.wait_for_room(len(chunk.items), block=False)
+        core.submit(chunk)
+        return await future
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every send made so far is over; False if ``timeout`` passed first."""
+        core = self._started()
+        return await core.flush(self._timeout(timeout))
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Let sends on their way finish (up to ``timeout``), then close. Idempotent."""
+        core, context = self._core, self._context
+        if core is None:
+            return
+        self._core = self._context = None
+        try:
+            await core.close(self._timeout(timeout))
+        finally:
+            if context is not None:
+                context.destroy(linger=0)
+            logger.info("producer {} shut down", self.group)
+
+    async def __aenter__(self) -> Producer:
+        return self if self._core is not None else await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+
+class PullConsumer(PullConsumerFront):
+    """An asyncio pull consumer; arguments and methods as ``fabric.PullConsumer``, awaitable."""
+
+    _core: PullConsumerCore | None = None
+    _context: zmq.asyncio.Context | None = None
+
+    async def start(self) -> PullConsumer:
+        """Start on the running loop (connections are made on first use). Returns self."""
+        if self._core is not None:
+            raise RuntimeError("the consumer is already started")
+        context = zmq.asyncio.Context()
+        try:
+            self._core = await self._make_core(context)
+        except BaseException:
+            context.destroy(linger=0)
+            raise
+        self._context = context
+        logger.info("pull consumer {} started (nameservers {})", self.group, self.nameservers)
+        return self
+
+    def _started(self) -> PullConsumerCore:
+        core = self._core
+        if core is None:
+            raise RuntimeError("the consumer is not started")
+        _check_loop(core.client.loop)
+        return core
+
+    async def queues(self, topic: str) -> list[MessageQueue]:
+        """The readable queues of ``topic``, asked of the NameServers now."""
+        return await self._started().queues(topic)
+
+    async def pull(
+        self,
+        mq: MessageQueue,
+        offset: int,
+        max_nums: int = DEFAULT_MAX_NUMS,
+        timeout: float = DEFAULT_PULL_TIMEOUT,
+        *,
+        subscription: str = "*",
+        max_bytes: int = 0,
+    ) -> PullResult:
+        """Read up to ``max_nums`` messages of ``mq`` from ``offset`` (long polling)."""
+        return await self._started().pull(
+            mq,
+            offset,
+            max_nums=max_nums,
+            timeout=timeout,
+            subscription=subscription,
+            max_bytes=max_bytes,
+        )
+
+    async def commit(self, mq: MessageQueue, offset: int) -> None:
+        """Commit the group's offset of ``mq`` (the next offset to consume)."""
+        await self._started().commit(mq, offset)
+
+    async def committed(self, mq: MessageQueue) -> int:
+        """The group's committed offset of ``mq``; -1 when it never committed one."""
+        return await self._started().committed(mq)
+
+    async def min_offset(self, mq: MessageQueue) -> int:
+        """The first offset of ``mq`` still stored."""
+        return await self._started().min_offset(mq)
+
+    async def max_offset(self, mq: MessageQueue) -> int:
+        """One past the last offset of ``mq``."""
+        return await self._started().max_offset(mq)
+
+    async def offset_for_timestamp(self, mq: MessageQueue, timestamp_ms: int) -> int:
+        """The first offset of ``mq`` stored at or after ``timestamp_ms``."""
+        return await self._started().offset_for_timestamp(mq, timestamp_ms)
+
+    async def shutdown(self) -> None:
+        """Close the connections. Idempotent."""
+        core, context = self._core, self._context
+        if core is None:
+            return
+        self._core = self._context = None
+        try:
+            await asyncio.wait_for(core.close(), _CLOSE_TIMEOUT)
+        finally:
+            if context is not None:
+                context.destroy(linger=0)
+            logger.info("pull consumer {} shut down", self.group)
+
+    async def __aenter__(self) -> PullConsumer:
+        return self if self._core is not None else await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()

@@ -1,0 +1,347 @@
+"""What applications send and receive: Message, MessageExt, MessageQueue, SendResult, PullResult.
+
+Result types are frozen msgspec Structs with ``gc=False``: a producer or consumer makes
+one per message, and untracked objects cost the cyclic GC nothing (none of them can be
+part of a reference cycle).
+
+The names follow Apache RocketMQ (SPEC I3): a :class:`Message` is what a producer sends
+(topic, body, tags, keys, user properties); a :class:`MessageExt` is a message as a
+consumer receives it, with what the broker added (queue, offsets, store time, the
+producer's unique id). This module also holds the two pieces of message handling that
+both ends must agree on: unique message ids (SPEC M7, :func:`new_msg_id`) and body
+compression (SPEC M8, :func:`compress_body` and the decompression in
+:meth:`MessageExt.from_record`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+import msgspec
+
+from fabric.errors import InvalidNameError, MessageIllegalError, MessageTooLargeError
+from fabric.protocol.codes import PullStatus, ResponseCode, SendStatus, SysFlag
+from fabric.protocol.frames import MAX_MESSAGE_BYTES
+from fabric.protocol.names import check_topic
+from fabric.protocol.records import Record
+
+__all__ = [
+    "DEFAULT_COMPRESS_LEVEL",
+    "DEFAULT_COMPRESS_THRESHOLD",
+    "MAX_PROPERTIES_BYTES",
+    "Message",
+    "MessageExt",
+    "MessageQueue",
+    "PullResult",
+    "SendResult",
+    "compress_body",
+    "new_msg_id",
+]
+
+#: Bodies longer than this many bytes are zlib-compressed by default (RocketMQ
+#: ``compressMsgBodyOverHowmuch``).
+DEFAULT_COMPRESS_THRESHOLD: Final = 4096
+#: zlib level (RocketMQ's default ZLIB level).
+DEFAULT_COMPRESS_LEVEL: Final = 5
+#: Largest tags + keys + user properties of one message (the broker's default
+#: ``max_properties_size``, docs/STORAGE.md), estimated before anything is sent.
+MAX_PROPERTIES_BYTES: Final = 32 * 1024
+
+_COMPRESSED: Final = int(SysFlag.COMPRESSED)
+
+
+class Message:
+    """A message to send.
+
+    Args:
+        topic: the topic (naming rule of docs/PROTOCOL.md section 8).
+        body: the payload, bytes.
+        tags: one tag, for broker-side filtering (``""``: none).
+        keys: lookup keys: one string or several (kept as a tuple).
+        properties: user properties, str to str.
+        flag: an application flag, stored as given.
+        msg_id: an explicit unique id; by default each send gets a fresh one
+            (:func:`new_msg_id`), and the retries of that send reuse it.
+
+    A Message is only read by the producer, never changed, so one object may be sent
+    many times (each send is a new message with a new id unless ``msg_id`` is set).
+    """
+
+    __slots__ = ("body", "flag", "keys", "msg_id", "properties", "tags", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        body: bytes | bytearray | memoryview = b"",
+        *,
+        tags: str = "",
+        keys: str | Iterable[str] = (),
+        properties: Mapping[str, str] | None = None,
+        flag: int = 0,
+        msg_id: str | None = None,
+    ) -> None:
+        self.topic = topic
+        self.body = body
+        self.tags = tags
+        # A tuple: immutable, and free for the cyclic GC once it holds only strings.
+        self.keys: tuple[str, ...] = (keys,) if isinstance(keys, str) else tuple(keys)
+        self.properties: dict[str, str] = dict(properties) if properties else {}
+        self.flag = flag
+        self.msg_id = msg_id
+
+    def validate(self, max_size: int = MAX_MESSAGE_BYTES) -> None:
+        """Check the message before it goes on the wire.
+
+        Raises:
+            InvalidNameError: the topic breaks the naming rule.
+            MessageTooLargeError: the body is over ``max_size`` bytes, or tags, keys and
+                properties are over MAX_PROPERTIES_BYTES.
+            MessageIllegalError: a field has the wrong type.
+        """
+        problem = check_topic(self.topic)
+        if problem is not None:
+            raise InvalidNameError(
+                problem, code=ResponseCode.INVALID_TOPIC_NAME, name=str(self.topic)
+            )
+        self.check_fields(max_size)
+
+    def check_fields(self, max_size: int = MAX_MESSAGE_BYTES) -> int:
+        """Everything :meth:`validate` checks but the topic name (producers cache that).
+
+        Returns:
+            The estimated size of tags, keys and properties on the wire, in bytes.
+        """
+        body = self.body
+        if not isinstance(body, bytes | bytearray | memoryview):
+            raise MessageIllegalError(
+                f"body must be bytes, got {type(body).__name__}",
+                code=ResponseCode.MESSAGE_ILLEGAL,
+            )
+        size = len(body) if not isinstance(body, memoryview) else body.nbytes
+        if size > max_size:
+            raise MessageTooLargeError(
+                f"body is {size} bytes, the limit is {max_size}", size=size, limit=max_size
+            )
+        if not isinstance(self.tags, str) or not isinstance(self.flag, int):
+            raise MessageIllegalError(
+                "tags must be a str and flag an int", code=ResponseCode.MESSAGE_ILLEGAL
+            )
+        if not (self.keys or self.properties):
+            return len(self.tags)
+        extra = _properties_size(self.tags, self.keys, self.properties)
+        if extra > MAX_PROPERTIES_BYTES:
+            raise MessageTooLargeError(
+                f"tags, keys and properties are {extra} bytes, the limit is {MAX_PROPERTIES_BYTES}",
+                size=extra,
+                limit=MAX_PROPERTIES_BYTES,
+            )
+        return extra
+
+    def __repr__(self) -> str:
+        size = len(self.body) if isinstance(self.body, bytes | bytearray) else "?"
+        return f"Message(topic={self.topic!r}, body=<{size} bytes>, tags={self.tags!r})"
+
+
+def _properties_size(tags: str, keys: tuple[str, ...], properties: dict[str, str]) -> int:
+    size = len(tags)
+    for key in keys:
+        if not isinstance(key, str):
+            raise MessageIllegalError(
+                f"keys must be strings, got {type(key).__name__}",
+                code=ResponseCode.MESSAGE_ILLEGAL,
+            )
+        size += len(key) + 1
+    for name, value in properties.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise MessageIllegalError(
+                f"properties must map str to str, got {name!r}: {value!r}",
+                code=ResponseCode.MESSAGE_ILLEGAL,
+            )
+        size += len(name) + len(value) + 2
+    return size
+
+
+class MessageQueue(msgspec.Struct, frozen=True, order=True, gc=False):
+    """One queue of a topic on one broker name; hashable and ordered."""
+
+    topic: str
+    broker_name: str
+    queue_id: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}@{self.broker_name}#{self.queue_id}"
+
+
+class SendResult(msgspec.Struct, frozen=True, gc=False):
+    """The outcome of one stored message (SPEC M2)."""
+
+    status: SendStatus
+    #: The producer's unique id of the message (SPEC M7).
+    msg_id: str
+    #: The queue the message was stored in.
+    queue: MessageQueue
+    #: Its offset in that queue.
+    queue_offset: int
+
+
+class MessageExt(msgspec.Struct, frozen=True, gc=False):
+    """A message as a consumer receives it (RocketMQ ``MessageExt``)."""
+
+    topic: str
+    #: The payload, decompressed when the producer compressed it.
+    body: bytes
+    tags: str
+    keys: list[str]
+    properties: dict[str, str]
+    #: The producer's unique id (SPEC M7).
+    msg_id: str
+    queue_id: int
+    queue_offset: int
+    #: Producer clock, ms since the epoch.
+    born_timestamp: int
+    #: Broker clock, ms since the epoch.
+    store_timestamp: int
+    #: Times this message was delivered before (retries).
+    reconsume_times: int
+    broker_name: str = ""
+    #: Where the record starts in the broker's CommitLog.
+    commitlog_offset: int = 0
+    #: The stored record's size in bytes.
+    store_size: int = 0
+    flag: int = 0
+    sysflag: int = 0
+    born_host: str = ""
+    store_host: str = ""
+
+    @property
+    def queue(self) -> MessageQueue:
+        """The queue this message came from."""
+        return MessageQueue(self.topic, self.broker_name, self.queue_id)
+
+    @classmethod
+    def from_record(cls, record: Record, broker_name: str = "") -> MessageExt:
+        """The message in a decoded record, its body decompressed if COMPRESSED is set.
+
+        Raises:
+            MessageIllegalError: the body is flagged compressed and is not valid zlib.
+        """
+        body = record.body
+        if record.sysflag & _COMPRESSED:
+            try:
+                body = zlib.decompress(body)
+            except zlib.error as exc:
+                raise MessageIllegalError(
+                    f"message {record.uniq_id or record.physical_offset}: "
+                    f"cannot decompress the body: {exc}",
+                    code=ResponseCode.MESSAGE_ILLEGAL,
+                ) from exc
+        return cls(
+            topic=record.topic,
+            body=body,
+            tags=record.tags,
+            keys=record.keys,
+            properties=record.properties,
+            msg_id=record.uniq_id,
+            queue_id=record.queue_id,
+            queue_offset=record.queue_offset,
+            born_timestamp=record.born_timestamp,
+            store_timestamp=record.store_timestamp,
+            reconsume_times=record.reconsume_times,
+            broker_name=broker_name,
+            commitlog_offset=record.physical_offset,
+            store_size=record.size,
+            flag=record.flag,
+            sysflag=record.sysflag,
+            born_host=record.born_host,
+            store_host=record.store_host,
+        )
+
+
+class PullResult(msgspec.Struct, frozen=True):
+    """The outcome of one pull (SPEC M9)."""
+
+    status: PullStatus
+    #: Where to pull next (after the messages returned, or where the broker says).
+    next_offset: int
+    #: The queue's first and one-past-last offsets when the broker answered.
+    min_offset: int
+    max_offset: int
+    messages: list[MessageExt] = []
+
+
+# ---------------------------------------------------------------------------------------
+# Compression (SPEC M8)
+# ---------------------------------------------------------------------------------------
+
+
+def compress_body(
+    body: bytes, threshold: int = DEFAULT_COMPRESS_THRESHOLD, level: int = DEFAULT_COMPRESS_LEVEL
+) -> tuple[bytes, int]:
+    """The body to put on the wire and the SysFlag bits it needs.
+
+    A body over ``threshold`` bytes is zlib-compressed and flagged COMPRESSED, unless
+    compressing does not make it smaller (then it travels as is). A negative threshold
+    turns compression off.
+    """
+    if threshold < 0 or len(body) <= threshold:
+        return body, 0
+    packed = zlib.compress(body, level)
+    if len(packed) >= len(body):
+        return body, 0
+    return packed, _COMPRESSED
+
+
+# ---------------------------------------------------------------------------------------
+# Unique message ids (SPEC M7)
+# ---------------------------------------------------------------------------------------
+
+# 2020-01-01T00:00:00Z: ids carry seconds since then in 32 bits (good until 2156).
+_ID_EPOCH: Final = 1_577_836_800
+
+
+class _IdGenerator:
+    """128-bit ids as 32 hex digits: host 4 bytes, pid 2, salt 2, seconds 4, counter 4.
+
+    The host part folds the MAC address (``uuid.getnode()``, no DNS lookup), the salt
+    is random per process (and again after ``fork``), and the counter is a process-wide
+    ``itertools.count``, whose ``next`` is atomic under the GIL. Two ids collide only if
+    one process makes 2**32 ids within one second, or two processes share host, pid and
+    salt.
+    """
+
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+        self._prefix = ""
+        # The first 24 digits change once a second; they are formatted once a second.
+        self._second = -1
+        self._head = ""
+        self.reset()
+
+    def reset(self) -> None:
+        node = uuid.getnode()
+        host = (node ^ (node >> 32)) & 0xFFFFFFFF
+        salt = int.from_bytes(os.urandom(2), "big")
+        self._prefix = f"{host:08X}{os.getpid() & 0xFFFF:04X}{salt:04X}"
+        self._counter = itertools.count(int.from_bytes(os.urandom(2), "big"))
+        self._second = -1
+
+    def __call__(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            # Two threads may race here; both compute the same head.
+            self._head = f"{self._prefix}{(second - _ID_EPOCH) & 0xFFFFFFFF:08X}"
+            self._second = second
+        return f"{self._head}{next(self._counter) & 0xFFFFFFFF:08X}"
+
+
+new_msg_id: Final = _IdGenerator()
+"""A new unique message id: 32 upper-case hex digits (call it: ``new_msg_id()``)."""
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=new_msg_id.reset)
