@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import sys
 
 from loguru import logger
+
+from fabric.serving import add_log_level, positive_float, serve_until_signal, setup_logging
 
 from .config import DEFAULT_BIND, BrokerConfig, BrokerConfigError, load_config
 
 __all__ = ["add_arguments", "config_from_args", "run"]
-
-_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML (.toml) or JSON config file")
     parser.add_argument(
         "--heartbeat-interval",
-        type=_positive_float,
+        type=positive_float,
         metavar="SECONDS",
         help="seconds between registrations with each NameServer (default 30)",
     )
@@ -65,21 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="create unknown topics on first send (default on)",
     )
-    parser.add_argument(
-        "--log-level",
-        type=str.upper,
-        choices=_LEVELS,
-        default="INFO",
-        metavar="LEVEL",
-        help="stderr log level: " + ", ".join(_LEVELS) + " (default INFO)",
-    )
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+    add_log_level(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> BrokerConfig:
@@ -107,10 +91,7 @@ def config_from_args(args: argparse.Namespace) -> BrokerConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Run the broker until SIGINT or SIGTERM; the exit status."""
-    logger.remove()
-    logger.add(sys.stderr, level=args.log_level)
-    logger.enable("fabric")
-    logger.enable("broker")
+    setup_logging(args.log_level, "fabric", "broker")
     try:
         config = config_from_args(args)
     except BrokerConfigError as exc:
@@ -126,23 +107,7 @@ async def _serve(config: BrokerConfig) -> int:
     from .server import BrokerServer
     from .store import StoreError
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     server = BrokerServer(config)
-    try:
-        try:
-            endpoint = await server.start()
-        except (TransportError, StoreError, ValueError, OSError) as exc:
-            logger.error("broker cannot start: {}", exc)
-            await server.close()
-            return 1
-        print(f"READY broker {endpoint}", flush=True)
-        await stop.wait()
-        logger.info("broker: signal received, shutting down")
-        await server.close()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    return 0
+    return await serve_until_signal(
+        "broker", server, (TransportError, StoreError, ValueError, OSError)
+    )

@@ -803,7 +803,9 @@ def bind_router(
         real = socket.getsockopt_string(zmq.LAST_ENDPOINT)
     except zmq.ZMQError as exc:
         socket.close(linger=0)
-        raise TransportError(f"cannot bind: {zmq.strerror(exc.errno or 0)}", address=endpoint) from exc
+        raise TransportError(
+            f"cannot bind: {zmq.strerror(exc.errno or 0)}", address=endpoint
+        ) from exc
     return socket, real
 
 
