@@ -18,9 +18,11 @@ import collections
 import concurrent.futures
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Final, TypeVar
+from types import TracebackType
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 import zmq.asyncio
+from loguru import logger
 
 from fabric.errors import ConnectionClosedError, RequestTimeoutError
 from fabric.iothread import IOThread
@@ -235,3 +237,68 @@ class LoopRunner:
                 self.io.run(close(), timeout=timeout + GRACE)
         finally:
             self.io.stop()
+
+
+CoreT = TypeVar("CoreT")
+FrontT = TypeVar("FrontT", bound="BlockingFront[Any]")
+
+
+class BlockingFront(Generic[CoreT]):
+    """The life of a blocking client (Producer, PullConsumer): start an I/O thread that builds
+    the client's core, reach the core through it, stop it; also a context manager.
+
+    Subclasses set ``_noun`` (in errors), ``_role`` (in log lines), ``_thread_prefix`` and
+    provide ``group``, ``nameservers``, ``_make_core`` and ``shutdown``.
+    """
+
+    _noun: ClassVar[str] = "client"
+    _role: ClassVar[str] = "client"
+    _thread_prefix: ClassVar[str] = "fabric-client"
+    _runner: LoopRunner | None = None
+    _core: CoreT | None = None
+    group: str
+    nameservers: list[str]
+
+    async def _make_core(self, context: zmq.asyncio.Context) -> CoreT:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        raise NotImplementedError
+
+    def start(self: FrontT) -> FrontT:
+        """Start the I/O thread (connections are made on first use). Returns self."""
+        if self._runner is not None:
+            raise RuntimeError(f"the {self._noun} is already started")
+        runner = LoopRunner(f"{self._thread_prefix} {self.group}")
+        self._core = runner.start(self._make_core)
+        self._runner = runner
+        logger.info("{} {} started (nameservers {})", self._role, self.group, self.nameservers)
+        return self
+
+    def _started(self) -> tuple[CoreT, LoopRunner]:
+        core, runner = self._core, self._runner
+        if core is None or runner is None:
+            raise RuntimeError(f"the {self._noun} is not started")
+        return core, runner
+
+    def _stop(self, close: Callable[[], Coroutine[Any, Any, None]], timeout: float) -> None:
+        """Run ``close`` on the loop and stop the I/O thread (the tail of every shutdown)."""
+        runner = self._runner
+        if runner is None:
+            return
+        try:
+            runner.stop(close, timeout)
+        finally:
+            self._runner = None
+            logger.info("{} {} shut down", self._role, self.group)
+
+    def __enter__(self: FrontT) -> FrontT:
+        return self if self._runner is not None else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()

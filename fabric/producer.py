@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
-from loguru import logger
-
-from fabric.client import ClientCore, LoopRunner, new_future
+from fabric.client import BlockingFront, ClientCore, new_future
 from fabric.errors import InvalidNameError
 from fabric.message import (
     DEFAULT_COMPRESS_LEVEL,
@@ -91,7 +88,7 @@ class ProducerFront:
         return f"<{type(self).__name__} group={self.group!r} nameservers={self.nameservers}>"
 
 
-class Producer(ProducerFront):
+class Producer(ProducerFront, BlockingFront[ProducerCore]):
     """A blocking producer (RocketMQ ``DefaultMQProducer``); thread-safe.
 
     Args:
@@ -122,24 +119,9 @@ class Producer(ProducerFront):
     not block (a blocking send from a callback raises RuntimeError).
     """
 
-    _runner: LoopRunner | None = None
-    _core: ProducerCore | None = None
-
-    def start(self) -> Producer:
-        """Start the I/O thread (connections are made on first use). Returns self."""
-        if self._runner is not None:
-            raise RuntimeError("the producer is already started")
-        runner = LoopRunner(f"fabric-producer {self.group}")
-        self._core = runner.start(self._make_core)
-        self._runner = runner
-        logger.info("producer {} started (nameservers {})", self.group, self.nameservers)
-        return self
-
-    def _started(self) -> tuple[ProducerCore, LoopRunner]:
-        core, runner = self._core, self._runner
-        if core is None or runner is None:
-            raise RuntimeError("the producer is not started")
-        return core, runner
+    _noun = "producer"
+    _role = "producer"
+    _thread_prefix = "fabric-producer"
 
     def send(
         self,
@@ -242,24 +224,9 @@ class Producer(ProducerFront):
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Let sends on their way finish (up to ``timeout``), then close. Idempotent."""
-        core, runner = self._core, self._runner
-        if core is None or runner is None:
+        core = self._core
+        if core is None or self._runner is None:
             return
         limit = self._timeout(timeout)
         core.closing = True
-        try:
-            runner.stop(lambda: core.close(limit), limit + 1.0)
-        finally:
-            self._runner = None
-            logger.info("producer {} shut down", self.group)
-
-    def __enter__(self) -> Producer:
-        return self if self._runner is not None else self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.shutdown()
+        self._stop(lambda: core.close(limit), limit + 1.0)

@@ -14,13 +14,11 @@ of the queue's broker name, or to its lowest live slave while there is no master
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, Final
 
 import msgspec
-from loguru import logger
 
-from fabric.client import ClientCore, LoopRunner
+from fabric.client import BlockingFront, ClientCore
 from fabric.errors import (
     InvalidNameError,
     MessageIllegalError,
@@ -257,7 +255,7 @@ class PullConsumerFront:
         return f"<{type(self).__name__} group={self.group!r} nameservers={self.nameservers}>"
 
 
-class PullConsumer(PullConsumerFront):
+class PullConsumer(PullConsumerFront, BlockingFront[PullConsumerCore]):
     """A blocking pull consumer (RocketMQ ``DefaultMQPullConsumer``); thread-safe.
 
     Args:
@@ -277,24 +275,9 @@ class PullConsumer(PullConsumerFront):
                 c.commit(mq, res.next_offset)
     """
 
-    _runner: LoopRunner | None = None
-    _core: PullConsumerCore | None = None
-
-    def start(self) -> PullConsumer:
-        """Start the I/O thread (connections are made on first use). Returns self."""
-        if self._runner is not None:
-            raise RuntimeError("the consumer is already started")
-        runner = LoopRunner(f"fabric-consumer {self.group}")
-        self._core = runner.start(self._make_core)
-        self._runner = runner
-        logger.info("pull consumer {} started (nameservers {})", self.group, self.nameservers)
-        return self
-
-    def _started(self) -> tuple[PullConsumerCore, LoopRunner]:
-        core, runner = self._core, self._runner
-        if core is None or runner is None:
-            raise RuntimeError("the consumer is not started")
-        return core, runner
+    _noun = "consumer"
+    _role = "pull consumer"
+    _thread_prefix = "fabric-consumer"
 
     def _wait(self) -> float:
         # Route lookups may try each NameServer before the broker is asked.
@@ -378,22 +361,7 @@ class PullConsumer(PullConsumerFront):
 
     def shutdown(self) -> None:
         """Close the connections and stop the I/O thread. Idempotent."""
-        core, runner = self._core, self._runner
-        if core is None or runner is None:
+        core = self._core
+        if core is None:
             return
-        try:
-            runner.stop(core.close, self.request_timeout)
-        finally:
-            self._runner = None
-            logger.info("pull consumer {} shut down", self.group)
-
-    def __enter__(self) -> PullConsumer:
-        return self if self._runner is not None else self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.shutdown()
+        self._stop(core.close, self.request_timeout)
