@@ -15,7 +15,7 @@ from collections.abc import Callable
 import msgspec
 from loguru import logger
 
-from .mapped_file import MappedFile, segment_name
+from .mapped_file import CLOSED_ERRORS, MappedFile, segment_name
 from .record import (
     BLANK_MAGIC,
     BLANK_MARKER,
@@ -111,7 +111,7 @@ class CommitLog:
         pos = offset - mf.start
         try:
             return mf.mm[pos : pos + size]
-        except ValueError:  # closed under us by retention
+        except CLOSED_ERRORS:  # closed under us by retention
             return None
 
     def read_record(self, offset: int) -> bytes | None:
@@ -235,7 +235,7 @@ class CommitLog:
                 hi = min(target, mf.end) - mf.start
                 try:
                     mf.flush_range(lo, hi - lo)
-                except ValueError:  # closed by retention: nothing left to flush
+                except CLOSED_ERRORS:  # closed by retention: nothing left to flush
                     pass
         self.flushed = target
         return target

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
-from .mapped_file import MappedFile
+from .mapped_file import CLOSED_ERRORS, MappedFile
 from .segments import SegmentQueue
 
 __all__ = ["CQ_ENTRY", "CQ_ENTRY_SIZE", "ConsumeQueue"]
@@ -166,7 +166,7 @@ class ConsumeQueue:
                 return None
         try:
             entry: tuple[int, int, int] = CQ_ENTRY.unpack_from(mf.mm, byte - mf.start)
-        except ValueError:  # file deleted by retention under us
+        except CLOSED_ERRORS:  # file deleted by retention under us
             return None
         return entry if entry[1] > 0 else None
 
@@ -190,7 +190,7 @@ class ConsumeQueue:
                     if entry[1] <= 0:
                         return out
                     out.append(entry)
-            except ValueError:
+            except CLOSED_ERRORS:
                 return out
             qo = stop
         return out
@@ -274,7 +274,7 @@ class ConsumeQueue:
                 try:
                     # Only the written range: pages warmed past it stay writable.
                     mf.flush_range(lo, min(end, mf.end) - mf.start - lo)
-                except ValueError:
+                except CLOSED_ERRORS:
                     pass
 
     def close(self) -> None:

@@ -36,7 +36,7 @@ from typing import Final
 
 from loguru import logger
 
-from .mapped_file import MappedFile, segment_name
+from .mapped_file import CLOSED_ERRORS, MappedFile, segment_name
 
 __all__ = ["IndexService", "key_of", "uniq_key_of"]
 
@@ -304,7 +304,7 @@ class IndexService:
             if f.count > 1 and f.end_ts + 1000 >= begin_ms and f.begin_ts - 1000 <= end_ms:
                 try:
                     f.lookup(key, begin_ms, end_ms, limit, out)
-                except ValueError:  # unmapped by retention under us: those records are gone
+                except CLOSED_ERRORS:  # unmapped by retention under us: those records are gone
                     continue
         return out
 
@@ -343,10 +343,10 @@ class IndexService:
         if self.files:
             targets.append(self.files[-1])
         for f in targets:
-            f.write_header()
             try:
+                f.write_header()
                 f.mf.flush()
-            except ValueError:
+            except CLOSED_ERRORS:  # deleted by retention meanwhile
                 pass
 
     def close(self) -> None:

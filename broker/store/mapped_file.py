@@ -18,7 +18,12 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["MappedFile", "segment_name"]
+__all__ = ["CLOSED_ERRORS", "MappedFile", "segment_name"]
+
+#: What touching a file that another thread (retention) unmapped raises: ValueError from
+#: slicing, msync or fdatasync here, TypeError from struct.pack_into/unpack_from on a
+#: closed mmap. Readers and flushers catch these and treat the file as gone.
+CLOSED_ERRORS = (ValueError, TypeError)
 
 #: madvise(2) advice that faults pages in writable without touching their contents
 #: (Linux 5.14+). Used to warm pages ahead of the writer on another core.
@@ -95,8 +100,20 @@ class MappedFile:
         return self.start + self.size
 
     def flush(self) -> None:
-        """Make every write so far durable."""
-        os.fdatasync(self.fd)
+        """Make every write so far durable.
+
+        Raises:
+            ValueError: the file is (or was, during the call) closed by another thread.
+        """
+        fd = self.fd
+        if fd < 0:
+            raise ValueError("segment is closed")
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            if self.fd < 0:  # closed by another thread (retention) during the call
+                raise ValueError("segment was closed during the flush") from None
+            raise
 
     def flush_range(self, pos: int, length: int) -> None:
         """Make the writes in [pos, pos + length) durable, and only those pages.
@@ -117,6 +134,10 @@ class MappedFile:
             return
         if _msync(self._addr + start, end - start, _MS_SYNC) != 0:
             err = ctypes.get_errno()
+            if self.mm.closed:
+                # Unmapped by another thread (retention) between the check above and the
+                # call: ENOMEM for a range no longer mapped. Callers treat this as closed.
+                raise ValueError("segment was closed during the flush")
             raise OSError(err, f"msync of {self.path} failed: {os.strerror(err)}")
 
     def populate(self, pos: int, length: int) -> bool:
