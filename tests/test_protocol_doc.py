@@ -20,7 +20,9 @@ CODE_ENUMS = [
     for _, obj in inspect.getmembers(codes, inspect.isclass)
     if issubclass(obj, enum.Enum) and obj.__module__ == codes.__name__
 ]
-MEMBERS = [(cls.__name__, member) for cls in CODE_ENUMS for member in cls]
+# __members__, not iteration: since Python 3.11 iterating an IntFlag skips multi-bit members
+# such as SysFlag.TRANSACTION_ROLLBACK, which must be documented too.
+MEMBERS = [(cls.__name__, member) for cls in CODE_ENUMS for member in cls.__members__.values()]
 
 
 def test_the_enums_are_found() -> None:
