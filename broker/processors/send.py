@@ -210,6 +210,15 @@ class SendProcessor:
             raise NoPermissionError(f"topic {topic} is not writable (perm {config.perm})")
         return config
 
+    def _writable_queue(self, topic: str, group: str, qid: int) -> None:
+        """Check that ``qid`` is a write queue of a writable ``topic`` (created if allowed)."""
+        config = self._writable(topic, group)
+        if not 0 <= qid < config.write_queue_nums:
+            raise MessageIllegalError(
+                f"queue_id {qid} is outside 0..{config.write_queue_nums - 1} "
+                f"(write queues of topic {topic})"
+            )
+
     def _refused(self, result: PutResult) -> Outcome:
         code = _REFUSALS.get(result.status, ResponseCode.SYSTEM_ERROR)
         return code, None, (), result.message or f"not stored: {result.status.name}"
@@ -220,13 +229,8 @@ class SendProcessor:
         """SEND_MESSAGE: store one message; reply SendReply."""
         b = request.body
         topic = b.topic
-        config = self._writable(topic, b.producer_group)
         qid = b.queue_id
-        if not 0 <= qid < config.write_queue_nums:
-            raise MessageIllegalError(
-                f"queue_id {qid} is outside 0..{config.write_queue_nums - 1} "
-                f"(write queues of topic {topic})"
-            )
+        self._writable_queue(topic, b.producer_group, qid)
         body = bodies[0]
         if len(body) > self._max_body:
             raise MessageIllegalError(
@@ -267,13 +271,8 @@ class SendProcessor:
         """SEND_BATCH_MESSAGE: store each message separately, under one lock; one reply."""
         b = request.body
         topic = b.topic
-        config = self._writable(topic, b.producer_group)
         qid = b.queue_id
-        if not 0 <= qid < config.write_queue_nums:
-            raise MessageIllegalError(
-                f"queue_id {qid} is outside 0..{config.write_queue_nums - 1} "
-                f"(write queues of topic {topic})"
-            )
+        self._writable_queue(topic, b.producer_group, qid)
         # Check the whole batch first, so that a bad message refuses all of it and
         # nothing is stored (the store itself would store the good ones).
         max_body = self._max_body
