@@ -181,20 +181,6 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     assert not server.error_lines(), "\n".join(server.log_lines())
 
 
-@pytest.fixture(scope="module")
-def fuzz_socket(fuzz_target: ServerProcess) -> Iterator[zmq.Socket[bytes]]:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    sock.sndtimeo = 5000  # every wait has a deadline, even a send
-    sock.connect(fuzz_target.endpoint)
-    try:
-        yield sock
-    finally:
-        sock.close(linger=0)
-        ctx.term()
-
-
 # What the fuzz provoked, checked by the last test.
 _seen = {"messages": 0, "replies": 0}
 
