@@ -19,9 +19,9 @@ of fabric.iothread), so a client is used on the loop that started it, and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Final
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 import zmq.asyncio
 from loguru import logger
@@ -46,7 +46,71 @@ def _check_loop(loop: asyncio.AbstractEventLoop) -> None:
         raise RuntimeError("a fabric.aio client is used on the loop that started it")
 
 
-class Producer(ProducerFront):
+CoreT = TypeVar("CoreT")
+_FrontT = TypeVar("_FrontT", bound="_AsyncFront[Any]")
+
+
+class _AsyncFront(Generic[CoreT]):
+    """The life of an asyncio client on the caller's loop: start (build the core with its
+    own zmq context), stop (close the core, destroy the context), async context manager.
+
+    Subclasses set ``_noun`` (in errors) and ``_role`` (in log lines) and provide
+    ``group``, ``nameservers``, ``_make_core`` and ``shutdown``.
+    """
+
+    _noun: ClassVar[str] = "client"
+    _role: ClassVar[str] = "client"
+    _core: CoreT | None = None
+    _context: zmq.asyncio.Context | None = None
+    group: str
+    nameservers: list[str]
+
+    async def _make_core(self, context: zmq.asyncio.Context) -> CoreT:
+        raise NotImplementedError
+
+    async def shutdown(self) -> None:
+        raise NotImplementedError
+
+    async def start(self: _FrontT) -> _FrontT:
+        """Start on the running loop (connections are made on first use). Returns self."""
+        if self._core is not None:
+            raise RuntimeError(f"the {self._noun} is already started")
+        context = zmq.asyncio.Context()
+        try:
+            self._core = await self._make_core(context)
+        except BaseException:
+            context.destroy(linger=0)
+            raise
+        self._context = context
+        logger.info("{} {} started (nameservers {})", self._role, self.group, self.nameservers)
+        return self
+
+    async def _stop(self, close: Callable[[CoreT], Awaitable[object]]) -> None:
+        """Close the core with ``close`` and destroy the context (every shutdown's tail)."""
+        core, context = self._core, self._context
+        if core is None:
+            return
+        self._core = self._context = None
+        try:
+            await close(core)
+        finally:
+            if context is not None:
+                context.destroy(linger=0)
+            logger.info("{} {} shut down", self._role, self.group)
+
+    async def __aenter__(self: _FrontT) -> _FrontT:
+        return self if self._core is not None else await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+
+class Producer(ProducerFront, _AsyncFront[ProducerCore]):
     """An asyncio producer; arguments as ``fabric.Producer``.
 
     Usage::
@@ -55,22 +119,8 @@ class Producer(ProducerFront):
             result = await p.send(Message("Topic", b"body"))
     """
 
-    _core: ProducerCore | None = None
-    _context: zmq.asyncio.Context | None = None
-
-    async def start(self) -> Producer:
-        """Start on the running loop (connections are made on first use). Returns self."""
-        if self._core is not None:
-            raise RuntimeError("the producer is already started")
-        context = zmq.asyncio.Context()
-        try:
-            self._core = await self._make_core(context)
-        except BaseException:
-            context.destroy(linger=0)
-            raise
-        self._context = context
-        logger.info("producer {} started (nameservers {})", self.group, self.nameservers)
-        return self
+    _noun = "producer"
+    _role = "producer"
 
     def _started(self) -> ProducerCore:
         core = self._core
@@ -151,48 +201,15 @@ class Producer(ProducerFront):
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Let sends on their way finish (up to ``timeout``), then close. Idempotent."""
-        core, context = self._core, self._context
-        if core is None:
-            return
-        self._core = self._context = None
-        try:
-            await core.close(self._timeout(timeout))
-        finally:
-            if context is not None:
-                context.destroy(linger=0)
-            logger.info("producer {} shut down", self.group)
-
-    async def __aenter__(self) -> Producer:
-        return self if self._core is not None else await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.shutdown()
+        limit = self._timeout(timeout)
+        await self._stop(lambda core: core.close(limit))
 
 
-class PullConsumer(PullConsumerFront):
+class PullConsumer(PullConsumerFront, _AsyncFront[PullConsumerCore]):
     """An asyncio pull consumer; arguments and methods as ``fabric.PullConsumer``, awaitable."""
 
-    _core: PullConsumerCore | None = None
-    _context: zmq.asyncio.Context | None = None
-
-    async def start(self) -> PullConsumer:
-        """Start on the running loop (connections are made on first use). Returns self."""
-        if self._core is not None:
-            raise RuntimeError("the consumer is already started")
-        context = zmq.asyncio.Context()
-        try:
-            self._core = await self._make_core(context)
-        except BaseException:
-            context.destroy(linger=0)
-            raise
-        self._context = context
-        logger.info("pull consumer {} started (nameservers {})", self.group, self.nameservers)
-        return self
+    _noun = "consumer"
+    _role = "pull consumer"
 
     def _started(self) -> PullConsumerCore:
         core = self._core
@@ -247,24 +264,4 @@ class PullConsumer(PullConsumerFront):
 
     async def shutdown(self) -> None:
         """Close the connections. Idempotent."""
-        core, context = self._core, self._context
-        if core is None:
-            return
-        self._core = self._context = None
-        try:
-            await asyncio.wait_for(core.close(), _CLOSE_TIMEOUT)
-        finally:
-            if context is not None:
-                context.destroy(linger=0)
-            logger.info("pull consumer {} shut down", self.group)
-
-    async def __aenter__(self) -> PullConsumer:
-        return self if self._core is not None else await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.shutdown()
+        await self._stop(lambda core: asyncio.wait_for(core.close(), _CLOSE_TIMEOUT))
