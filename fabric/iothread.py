@@ -10,6 +10,10 @@ The threading rule (stated here once; every other module relies on it):
     ``concurrent.futures.Future``. Code already running on the loop (the ``fabric.aio``
     API, callbacks) awaits directly and must never block.
 
+One front uses sockets of its own outside the IOThread: a blocking ``Producer.send``
+sends on a DEALER owned by the calling thread (fabric.direct), and the rule holds there
+too: one thread per socket, handed over under a lock only to close it.
+
 pyzmq sockets are not thread-safe (its changelog and ``zeromq/pyzmq#2043``), and this is
 the same rule as tornado's ``IOLoop.add_callback``. Servers follow it too: a server
 process runs one asyncio loop in its main thread, which owns all of its sockets.

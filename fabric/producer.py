@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fabric.client import BlockingFront, ClientCore, new_future
+from fabric.direct import DirectRequester
 from fabric.errors import InvalidNameError
 from fabric.message import (
     DEFAULT_COMPRESS_LEVEL,
@@ -51,6 +52,7 @@ class ProducerFront:
         fault_tolerance: bool = True,
         failure_isolation: float = DEFAULT_FAILURE_ISOLATION,
         route_refresh: float = DEFAULT_ROUTE_REFRESH,
+        direct_send: bool = True,
     ) -> None:
         problem = check_group(group)
         if problem is not None:
@@ -69,6 +71,7 @@ class ProducerFront:
             fault_tolerance=fault_tolerance,
             failure_isolation=failure_isolation,
             route_refresh=route_refresh,
+            direct_send=direct_send,
         ).check()
 
     async def _make_core(self, context: Any) -> ProducerCore:
@@ -105,6 +108,9 @@ class Producer(ProducerFront, BlockingFront[ProducerCore]):
         fault_tolerance: avoid brokers that recently failed or were slow.
         failure_isolation: seconds a failed broker is avoided.
         route_refresh: seconds between two route refreshes.
+        direct_send: a blocking :meth:`send` talks to the broker on a socket of the
+            calling thread (one per thread and broker, fabric.direct), which saves two
+            thread hops per send; False sends through the I/O thread like the rest.
 
     Raises:
         InvalidNameError: a bad group name.
@@ -122,6 +128,14 @@ class Producer(ProducerFront, BlockingFront[ProducerCore]):
     _noun = "producer"
     _role = "producer"
     _thread_prefix = "fabric-producer"
+    _direct: DirectRequester | None = None
+
+    def start(self) -> Producer:
+        """Start the I/O thread (connections are made on first use). Returns self."""
+        super().start()
+        if self.options.direct_send:
+            self._direct = DirectRequester()
+        return self
 
     def send(
         self,
@@ -148,8 +162,14 @@ class Producer(ProducerFront, BlockingFront[ProducerCore]):
                 MessageIllegalError, ...), or a bad message found before sending.
         """
         core, runner = self._started()
+        item = core.prepare(msg, key=sharding_key, queue=queue, timeout=timeout)
+        direct = self._direct
+        if direct is not None and not runner.io.in_loop_thread():
+            result = core.send_direct(item, direct)
+            if result is not None:
+                return result
         future: concurrent.futures.Future[SendResult] = new_future()
-        item = core.prepare(msg, sink=future, key=sharding_key, queue=queue, timeout=timeout)
+        item.sink = future
         core.wait_for_room(block=False)
         core.submit_threadsafe(item)
         return runner.wait(future, self._timeout(timeout))
@@ -229,4 +249,9 @@ class Producer(ProducerFront, BlockingFront[ProducerCore]):
             return
         limit = self._timeout(timeout)
         core.closing = True
-        self._stop(lambda: core.close(limit), limit + 1.0)
+        direct, self._direct = self._direct, None
+        try:
+            if direct is not None:
+                direct.close(limit)
+        finally:
+            self._stop(lambda: core.close(limit), limit + 1.0)

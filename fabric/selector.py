@@ -14,6 +14,10 @@ Pure code, no sockets and no clock of its own (SPEC M6). It follows RocketMQ's
 * :func:`queue_for_key` maps a sharding key to a queue with CRC32, which is stable across
   processes and languages (Python's ``hash`` is salted per process), so every producer
   sends one key to one queue, and consumers see that key's messages in order.
+
+Both classes may be used from several threads at once (a producer's I/O thread and the
+threads making direct sync sends, fabric.direct): each step is a single dict operation,
+atomic in CPython, so a race costs at most one round-robin step, never a corrupt table.
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ class LatencyFaultTolerance:
         if until is None:
             return True
         if self._clock() >= until:
-            del self._until[broker]
+            self._until.pop(broker, None)  # pop: another thread may have done it first
             return True
         return False
 

@@ -229,6 +229,51 @@ def test_sync_send_and_every_received_field(
     assert got.broker_name == "broker-a" and got.store_size > len(b"body")
 
 
+@pytest.mark.parametrize("direct_send", [True, False], ids=["direct", "via-io-thread"])
+def test_sync_sends_from_many_threads(
+    nameserver: ServerProcess,
+    broker: ServerProcess,
+    consumer: PullConsumer,
+    admin: Admin,
+    direct_send: bool,
+) -> None:
+    make_topic(admin, nameserver, "Threads")
+    per_thread, threads = 50, 8
+    results: dict[int, list[SendResult]] = defaultdict(list)
+    errors: list[BaseException] = []
+    producer = Producer("pg", nameservers=nameserver.endpoint, direct_send=direct_send)
+
+    def sender(n: int) -> None:
+        try:
+            for i in range(per_thread):
+                results[n].append(producer.send(Message("Threads", b"t%d-%d" % (n, i))))
+        except BaseException as exc:
+            errors.append(exc)
+
+    with producer:
+        workers = [threading.Thread(target=sender, args=(n,)) for n in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        assert not any(w.is_alive() for w in workers)
+    assert not errors
+    sent = [r for rs in results.values() for r in rs]
+    assert len(sent) == per_thread * threads
+    assert all(r.status is SendStatus.SEND_OK for r in sent)
+    # every result names a distinct slot, and the slot holds that very message
+    assert len({(r.queue, r.queue_offset) for r in sent}) == len(sent)
+    by_slot = {
+        (m.queue, m.queue_offset): m
+        for mq in consumer.queues("Threads")
+        for m in pull_all(consumer, mq)
+    }
+    for n, rs in results.items():
+        for i, r in enumerate(rs):
+            got = by_slot[(r.queue, r.queue_offset)]
+            assert (got.msg_id, got.body) == (r.msg_id, b"t%d-%d" % (n, i))
+
+
 def test_async_send_with_callback_and_future(
     producer: Producer, consumer: PullConsumer, admin: Admin, nameserver: ServerProcess
 ) -> None:

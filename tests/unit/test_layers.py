@@ -44,7 +44,11 @@ def test_base_layer_imports_only_stdlib_and_msgspec(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [ROOT / "fabric" / "transport.py", ROOT / "fabric" / "iothread.py"],
+    [
+        ROOT / "fabric" / "transport.py",
+        ROOT / "fabric" / "iothread.py",
+        ROOT / "fabric" / "direct.py",
+    ],
     ids=lambda p: p.name,
 )
 def test_transport_layer_adds_only_zmq_and_loguru(path: Path) -> None:
@@ -85,6 +89,7 @@ _CLIENT_MODULES = (
     "fabric.errors",
     "fabric.transport",
     "fabric.iothread",
+    "fabric.direct",
     "fabric.message",
     "fabric.routing",
     "fabric.selector",
