@@ -9,6 +9,7 @@ The hierarchy::
     ├── ProtocolError                 MALFORMED_REQUEST, or a reply that cannot be parsed
     ├── UnsupportedError              REQUEST_CODE_NOT_SUPPORTED, VERSION_NOT_SUPPORTED
     ├── InvalidNameError              INVALID_TOPIC_NAME, INVALID_GROUP_NAME (.name)
+    ├── InvalidFilterError            SUBSCRIPTION_PARSE_FAILED (.expression .column)
     ├── MessageIllegalError           MESSAGE_ILLEGAL
     │   └── MessageTooLargeError      a frame over its limit, found before sending (.size .limit)
     ├── NoPermissionError             NO_PERMISSION
@@ -43,6 +44,7 @@ __all__ = [
     "BrokerNotRegisteredError",
     "ConnectionClosedError",
     "FabricError",
+    "InvalidFilterError",
     "InvalidNameError",
     "MessageIllegalError",
     "MessageTooLargeError",
@@ -147,6 +149,33 @@ class InvalidNameError(FabricError):
         self.name = name
 
 
+class InvalidFilterError(FabricError):
+    """A subscription's filter expression (tags or SQL) does not parse (fabric.filters).
+
+    Args:
+        message: what is wrong and where, e.g. ``unexpected 'AND' at column 12: expected a value``.
+        code: the response code, when a server answered.
+        address: the server's endpoint, when a server answered.
+        expression: the expression, when it is known.
+        column: the 1-based column of the fault, when there is one.
+    """
+
+    default_code = ResponseCode.SUBSCRIPTION_PARSE_FAILED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ResponseCode | int | None = None,
+        address: str | None = None,
+        expression: str | None = None,
+        column: int | None = None,
+    ) -> None:
+        super().__init__(message, code=code, address=address)
+        self.expression = expression
+        self.column = column
+
+
 class MessageIllegalError(FabricError):
     """The message is refused: too large, or fields out of range."""
 
@@ -239,6 +268,7 @@ _BY_CODE: Final[dict[int, type[FabricError]]] = {
     ResponseCode.TOPIC_NOT_EXIST: TopicNotExistError,
     ResponseCode.TOPIC_ALREADY_EXISTS: TopicExistsError,
     ResponseCode.QUERY_NOT_FOUND: OffsetNotFoundError,
+    ResponseCode.SUBSCRIPTION_PARSE_FAILED: InvalidFilterError,
     ResponseCode.INVALID_TOPIC_NAME: InvalidNameError,
     ResponseCode.INVALID_GROUP_NAME: InvalidNameError,
     ResponseCode.NO_ROUTE: NoRouteError,

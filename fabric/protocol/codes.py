@@ -115,6 +115,9 @@ class ResponseCode(enum.IntEnum):
     PULL_OFFSET_MOVED = 21
     #: A query found nothing (no committed offset for this group and queue).
     QUERY_NOT_FOUND = 22
+    #: The subscription's filter expression (tags or SQL) does not parse; the remark
+    #: names the column and what was expected (fabric.filters).
+    SUBSCRIPTION_PARSE_FAILED = 23
     #: The header's protocol version is not PROTOCOL_VERSION.
     VERSION_NOT_SUPPORTED = 50
     #: Frame 0 is not a valid header, the body does not fit the code's schema, or the
