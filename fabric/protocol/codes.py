@@ -17,8 +17,14 @@ from typing import Final
 __all__ = [
     "DEFAULT_BROKER_EXPIRY",
     "DEFAULT_BROKER_HEARTBEAT_INTERVAL",
+    "DEFAULT_CLIENT_EXPIRY",
+    "DEFAULT_CLIENT_HEARTBEAT_INTERVAL",
+    "DEFAULT_LOCK_EXPIRY",
     "PROTOCOL_VERSION",
+    "ConsumeFrom",
+    "FilterType",
     "Flag",
+    "MessageModel",
     "Perm",
     "PullStatus",
     "RequestCode",
@@ -37,6 +43,14 @@ PROTOCOL_VERSION: Final = 1
 DEFAULT_BROKER_HEARTBEAT_INTERVAL: Final = 30.0
 #: Seconds after its last registration or heartbeat when a NameServer drops a broker (120 s).
 DEFAULT_BROKER_EXPIRY: Final = 120.0
+#: Seconds between two HEARTBEATs of a consumer to each broker. RocketMQ uses 30 s; this
+#: fabric promises a dead consumer's queues move within seconds (SPEC M12).
+DEFAULT_CLIENT_HEARTBEAT_INTERVAL: Final = 1.0
+#: Seconds after its last HEARTBEAT when a broker drops a client: its streams close, its
+#: queue locks are freed and its group is told (NOTIFY_CONSUMER_IDS_CHANGED).
+DEFAULT_CLIENT_EXPIRY: Final = 5.0
+#: Seconds a queue lock (LOCK_BATCH_MQ) lasts unless renewed (RocketMQ 60 s).
+DEFAULT_LOCK_EXPIRY: Final = 30.0
 
 
 class Flag(enum.IntFlag):
@@ -46,6 +60,10 @@ class Flag(enum.IntFlag):
     RESPONSE = 0x1
     #: The sender wants no reply at all, not even an error (RocketMQ ``RPC_ONEWAY``).
     ONEWAY = 0x2
+    #: Set (with RESPONSE) on a message a broker sends on its own to a client, not in
+    #: answer to a request: element 0 is then a RequestCode (PUSH_MESSAGES, STREAM_CLOSED,
+    #: NOTIFY_CONSUMER_IDS_CHANGED) and element 2 a stream id (0 when none).
+    PUSH = 0x4
 
 
 class RequestCode(enum.IntEnum):
@@ -65,8 +83,22 @@ class RequestCode(enum.IntEnum):
     SEARCH_OFFSET_BY_TIMESTAMP = 29
     GET_MAX_OFFSET = 30
     GET_MIN_OFFSET = 31
-    # Broker: clients.
+    # Broker: clients and consumer groups.
     HEARTBEAT = 34
+    UNREGISTER_CLIENT = 35
+    GET_CONSUMER_LIST_BY_GROUP = 38
+    #: Push (broker to client, Flag.PUSH): the members of a consumer group changed.
+    NOTIFY_CONSUMER_IDS_CHANGED = 40
+    LOCK_BATCH_MQ = 41
+    UNLOCK_BATCH_MQ = 42
+    # Broker: push consumption (this fabric's own; docs/PROTOCOL.md section 13).
+    CONSUME_OPEN = 60
+    CONSUME_ACK = 61
+    CONSUME_CLOSE = 62
+    #: Push (broker to client, Flag.PUSH): messages of an open stream.
+    PUSH_MESSAGES = 63
+    #: Push (broker to client, Flag.PUSH): the broker ended a stream (remark says why).
+    STREAM_CLOSED = 64
     # NameServer.
     REGISTER_BROKER = 103
     UNREGISTER_BROKER = 104
@@ -75,6 +107,8 @@ class RequestCode(enum.IntEnum):
     GET_ALL_TOPIC_LIST = 206
     # Broker: topics (continued).
     DELETE_TOPIC = 215
+    # Broker: consumer offsets (continued; RocketMQ INVOKE_BROKER_TO_RESET_OFFSET).
+    RESET_CONSUMER_OFFSET = 222
     # Broker: messages (continued).
     SEND_BATCH_MESSAGE = 320
     # NameServer (continued).
@@ -132,6 +166,11 @@ class ResponseCode(enum.IntEnum):
     #: BROKER_HEARTBEAT from a broker the NameServer does not know (or knows at another
     #: data version): the broker must send REGISTER_BROKER.
     BROKER_NOT_REGISTERED = 55
+    #: LOCK_BATCH_MQ / an exclusive CONSUME_OPEN: another live client of the group holds
+    #: the queue's lock (ordered consumption).
+    QUEUE_LOCKED = 56
+    #: CONSUME_ACK / CONSUME_CLOSE for a stream this connection does not have open.
+    STREAM_NOT_FOUND = 57
 
 
 class SendStatus(enum.IntEnum):
@@ -141,6 +180,33 @@ class SendStatus(enum.IntEnum):
     FLUSH_DISK_TIMEOUT = 1
     FLUSH_SLAVE_TIMEOUT = 2
     SLAVE_NOT_AVAILABLE = 3
+
+
+class MessageModel(enum.IntEnum):
+    """How a consumer group shares messages (RocketMQ ``MessageModel``)."""
+
+    #: Each queue is consumed by one member of the group; offsets live on the broker.
+    CLUSTERING = 0
+    #: Every member consumes every message; each keeps its offsets in a local file.
+    BROADCASTING = 1
+
+
+class ConsumeFrom(enum.IntEnum):
+    """Where a group with no committed offset for a queue starts (RocketMQ ``ConsumeFromWhere``)."""
+
+    #: The queue's max offset when the stream opens: only messages stored from now on.
+    LAST_OFFSET = 0
+    #: The queue's min offset: everything still stored.
+    FIRST_OFFSET = 1
+    #: The first message stored at or after a timestamp (ms).
+    TIMESTAMP = 2
+
+
+class FilterType(enum.IntEnum):
+    """The language of a subscription's expression (docs/PROTOCOL.md section 12)."""
+
+    TAG = 0
+    SQL92 = 1
 
 
 class PullStatus(enum.IntEnum):

@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_QUEUE_NUMS",
     "DEFAULT_TOPIC_PERM",
     "MAX_QUEUE_NUMS",
+    "PUSH_TYPES",
     "REPLY_TYPES",
     "REQUEST_TYPES",
     "BatchEntry",
@@ -40,6 +41,16 @@ __all__ = [
     "ClusterInfo",
     "CommitConsumerOffsetBody",
     "CommitConsumerOffsetRequest",
+    "ConsumeAckBody",
+    "ConsumeAckRequest",
+    "ConsumeCloseBody",
+    "ConsumeCloseRequest",
+    "ConsumeOpenBody",
+    "ConsumeOpenReply",
+    "ConsumeOpenRequest",
+    "ConsumerData",
+    "ConsumerGroupBody",
+    "ConsumerListReply",
     "CreateTopicRequest",
     "DeleteTopicBody",
     "DeleteTopicRequest",
@@ -47,25 +58,35 @@ __all__ = [
     "Envelope",
     "GetAllTopicListRequest",
     "GetClusterInfoRequest",
+    "GetConsumerListRequest",
     "GetMaxOffsetRequest",
     "GetMinOffsetRequest",
     "GetRouteInfoBody",
     "GetRouteInfoRequest",
     "HeartbeatRequest",
     "ListTopicsRequest",
+    "LockBatchBody",
+    "LockBatchReply",
+    "LockBatchRequest",
     "OffsetReply",
     "PullMessageBody",
     "PullMessageRequest",
     "PullReply",
+    "PushBody",
     "QueryConsumerOffsetBody",
     "QueryConsumerOffsetRequest",
     "QueueData",
+    "QueueOffset",
     "QueueOffsetBody",
+    "QueueRef",
     "RegisterBrokerBody",
     "RegisterBrokerReply",
     "RegisterBrokerRequest",
     "Request",
     "RequestId",
+    "ResetOffsetBody",
+    "ResetOffsetReply",
+    "ResetOffsetRequest",
     "SearchOffsetBody",
     "SearchOffsetRequest",
     "SendBatchBody",
@@ -74,12 +95,17 @@ __all__ = [
     "SendMessageBody",
     "SendMessageRequest",
     "SendReply",
+    "StreamClosedBody",
+    "SubscriptionData",
     "TopicConfig",
     "TopicConfigList",
     "TopicList",
     "TopicRouteData",
+    "UnlockBatchRequest",
     "UnregisterBrokerBody",
     "UnregisterBrokerRequest",
+    "UnregisterClientBody",
+    "UnregisterClientRequest",
     "UpdateTopicRequest",
 ]
 
@@ -256,12 +282,184 @@ class TopicConfigList(msgspec.Struct, kw_only=True):
     topics: list[TopicConfig]
 
 
+class SubscriptionData(msgspec.Struct, kw_only=True):
+    """One topic a consumer group subscribes to, and its filter (docs/PROTOCOL.md section 12)."""
+
+    topic: str
+    #: FilterType: 0 TAG, 1 SQL92.
+    filter_type: int = 0
+    #: A tag expression ("*", "A || B") or an SQL92 expression.
+    expression: str = "*"
+
+
+class ConsumerData(msgspec.Struct, kw_only=True):
+    """What a HEARTBEAT says of one consumer group the client is a member of."""
+
+    group: str
+    #: MessageModel: 0 CLUSTERING, 1 BROADCASTING.
+    model: int = 0
+    #: Ordered consumption: the client locks each queue it consumes (LOCK_BATCH_MQ).
+    orderly: bool = False
+    subscriptions: list[SubscriptionData] = []
+
+
 class ClientHeartbeatBody(msgspec.Struct, kw_only=True):
-    """HEARTBEAT: a client says it is alive and which groups it belongs to."""
+    """HEARTBEAT: a client says it is alive and which groups it belongs to.
+
+    A broker remembers the connection a client's last HEARTBEAT came on: pushes to the
+    client (NOTIFY_CONSUMER_IDS_CHANGED) go there. A client that stops sending HEARTBEATs
+    is dropped DEFAULT_CLIENT_EXPIRY seconds after its last one.
+    """
+
+    client_id: str
+    producer_groups: list[str] = []
+    #: Groups named only here count as consumer groups with no subscription data.
+    consumer_groups: list[str] = []
+    consumers: list[ConsumerData] = []
+
+
+class UnregisterClientBody(msgspec.Struct, kw_only=True):
+    """UNREGISTER_CLIENT: a client leaves (at shutdown); its groups rebalance at once."""
 
     client_id: str
     producer_groups: list[str] = []
     consumer_groups: list[str] = []
+
+
+class ConsumerGroupBody(msgspec.Struct, kw_only=True):
+    """GET_CONSUMER_LIST_BY_GROUP request, and the NOTIFY_CONSUMER_IDS_CHANGED push."""
+
+    consumer_group: str
+
+
+class ConsumerListReply(msgspec.Struct, kw_only=True):
+    """GET_CONSUMER_LIST_BY_GROUP reply: the live members' client ids, sorted."""
+
+    client_ids: list[str]
+
+
+class QueueRef(msgspec.Struct, kw_only=True, frozen=True):
+    """One queue of a topic on the broker that receives the request."""
+
+    topic: str
+    queue_id: int
+
+
+class LockBatchBody(msgspec.Struct, kw_only=True):
+    """LOCK_BATCH_MQ / UNLOCK_BATCH_MQ: take (renew) or give up queue locks for a group."""
+
+    consumer_group: str
+    client_id: str
+    queues: list[QueueRef]
+
+
+class LockBatchReply(msgspec.Struct, kw_only=True):
+    """LOCK_BATCH_MQ reply: the queues now locked by this client (a subset of the request)."""
+
+    locked: list[QueueRef]
+
+
+class ConsumeOpenBody(msgspec.Struct, kw_only=True):
+    """CONSUME_OPEN: open a push stream of one queue to this connection (section 13)."""
+
+    consumer_group: str
+    client_id: str
+    #: Chosen by the client, unique among the streams open on its connection; PUSH_MESSAGES
+    #: and STREAM_CLOSED carry it as element 2. Opening an id already open replaces it.
+    stream_id: int
+    topic: str
+    queue_id: int
+    #: Where to start; -1: the group's committed offset, or ``consume_from`` when none.
+    offset: int = -1
+    #: ConsumeFrom: 0 LAST_OFFSET, 1 FIRST_OFFSET, 2 TIMESTAMP (``timestamp`` in ms).
+    consume_from: int = 0
+    timestamp: int = 0
+    #: FilterType and expression, as in SubscriptionData.
+    filter_type: int = 0
+    expression: str = "*"
+    #: The initial window: messages and bytes the broker may push before acks reopen it.
+    window_msgs: int = 1000
+    window_bytes: int = 64 * 1024 * 1024
+    #: Ordered consumption: refuse (QUEUE_LOCKED) unless this client holds the queue lock
+    #: or can take it now; the lock is then held as by LOCK_BATCH_MQ.
+    exclusive: bool = False
+    #: Acks commit the group's offset on the broker (CLUSTERING); False for BROADCASTING.
+    commit: bool = True
+
+
+class ConsumeOpenReply(msgspec.Struct, kw_only=True):
+    """CONSUME_OPEN reply: where the stream starts and the queue's current range."""
+
+    start_offset: int
+    min_offset: int
+    max_offset: int
+
+
+class ConsumeAckBody(msgspec.Struct, kw_only=True):
+    """CONSUME_ACK (usually ONEWAY): reopen the window, and commit the group's offset."""
+
+    stream_id: int
+    #: Messages and bytes of pushed records that are done; the window grows by as much.
+    credit_msgs: int = 0
+    credit_bytes: int = 0
+    #: The next offset to consume (every message before it is done); -1: commit nothing.
+    commit_offset: int = -1
+
+
+class ConsumeCloseBody(msgspec.Struct, kw_only=True):
+    """CONSUME_CLOSE: end a stream; commit first when ``commit_offset`` >= 0."""
+
+    stream_id: int
+    commit_offset: int = -1
+    #: Also give up the queue lock (ordered consumption), after committing.
+    unlock: bool = False
+
+
+class PushBody(msgspec.Struct, kw_only=True):
+    """PUSH_MESSAGES: records of one stream; frames 1..n carry them, one record per frame.
+
+    ``next_offset`` is the queue offset after the last record the broker looked at,
+    including records the filter skipped: the consumer's committed offset may move up to
+    it once every pushed record before it is done. A push may carry no record at all,
+    only to move ``next_offset`` past filtered messages.
+    """
+
+    next_offset: int
+    max_offset: int
+
+
+class StreamClosedBody(msgspec.Struct, kw_only=True):
+    """STREAM_CLOSED push: the broker ended a stream; records pushed on it and not acked
+    must be dropped without committing (their offsets are consumed again after a reopen).
+
+    ``reason`` is one of: "offset_reset", "topic_deleted", "lock_lost", "client_expired",
+    "replaced", "shutdown"; the push's remark says more for humans.
+    """
+
+    reason: str
+
+
+class ResetOffsetBody(msgspec.Struct, kw_only=True):
+    """RESET_CONSUMER_OFFSET: move a group's committed offsets of a topic on this broker."""
+
+    consumer_group: str
+    topic: str
+    #: ConsumeFrom: LAST_OFFSET (latest), FIRST_OFFSET (earliest) or TIMESTAMP.
+    to: int
+    timestamp: int = 0
+
+
+class QueueOffset(msgspec.Struct, kw_only=True):
+    """One queue's offset."""
+
+    queue_id: int
+    offset: int
+
+
+class ResetOffsetReply(msgspec.Struct, kw_only=True):
+    """RESET_CONSUMER_OFFSET reply: the new committed offset of each queue of the topic."""
+
+    offsets: list[QueueOffset]
 
 
 # ---------------------------------------------------------------------------------------
@@ -444,6 +642,38 @@ class BrokerHeartbeatRequest(Envelope, tag=int(RequestCode.BROKER_HEARTBEAT)):
     body: BrokerHeartbeatBody
 
 
+class UnregisterClientRequest(Envelope, tag=int(RequestCode.UNREGISTER_CLIENT)):
+    body: UnregisterClientBody
+
+
+class GetConsumerListRequest(Envelope, tag=int(RequestCode.GET_CONSUMER_LIST_BY_GROUP)):
+    body: ConsumerGroupBody
+
+
+class LockBatchRequest(Envelope, tag=int(RequestCode.LOCK_BATCH_MQ)):
+    body: LockBatchBody
+
+
+class UnlockBatchRequest(Envelope, tag=int(RequestCode.UNLOCK_BATCH_MQ)):
+    body: LockBatchBody
+
+
+class ConsumeOpenRequest(Envelope, tag=int(RequestCode.CONSUME_OPEN)):
+    body: ConsumeOpenBody
+
+
+class ConsumeAckRequest(Envelope, tag=int(RequestCode.CONSUME_ACK)):
+    body: ConsumeAckBody
+
+
+class ConsumeCloseRequest(Envelope, tag=int(RequestCode.CONSUME_CLOSE)):
+    body: ConsumeCloseBody
+
+
+class ResetOffsetRequest(Envelope, tag=int(RequestCode.RESET_CONSUMER_OFFSET)):
+    body: ResetOffsetBody
+
+
 #: Every request a server may receive; decode frame 0 with ``Decoder(Request)``.
 Request = (
     SendMessageRequest
@@ -465,6 +695,14 @@ Request = (
     | DeleteTopicRequest
     | SendBatchRequest
     | BrokerHeartbeatRequest
+    | UnregisterClientRequest
+    | GetConsumerListRequest
+    | LockBatchRequest
+    | UnlockBatchRequest
+    | ConsumeOpenRequest
+    | ConsumeAckRequest
+    | ConsumeCloseRequest
+    | ResetOffsetRequest
 )
 
 #: RequestCode -> its envelope type (the type's msgspec tag is the code).
@@ -488,6 +726,14 @@ REQUEST_TYPES: Final[dict[RequestCode, type[Envelope]]] = {
     RequestCode.DELETE_TOPIC: DeleteTopicRequest,
     RequestCode.SEND_BATCH_MESSAGE: SendBatchRequest,
     RequestCode.BROKER_HEARTBEAT: BrokerHeartbeatRequest,
+    RequestCode.UNREGISTER_CLIENT: UnregisterClientRequest,
+    RequestCode.GET_CONSUMER_LIST_BY_GROUP: GetConsumerListRequest,
+    RequestCode.LOCK_BATCH_MQ: LockBatchRequest,
+    RequestCode.UNLOCK_BATCH_MQ: UnlockBatchRequest,
+    RequestCode.CONSUME_OPEN: ConsumeOpenRequest,
+    RequestCode.CONSUME_ACK: ConsumeAckRequest,
+    RequestCode.CONSUME_CLOSE: ConsumeCloseRequest,
+    RequestCode.RESET_CONSUMER_OFFSET: ResetOffsetRequest,
 }
 
 #: RequestCode -> the type of its request body (the envelope's last field).
@@ -516,6 +762,21 @@ REPLY_TYPES: Final[dict[RequestCode, type[msgspec.Struct]]] = {
     RequestCode.DELETE_TOPIC: Empty,
     RequestCode.SEND_BATCH_MESSAGE: SendBatchReply,
     RequestCode.BROKER_HEARTBEAT: Empty,
+    RequestCode.UNREGISTER_CLIENT: Empty,
+    RequestCode.GET_CONSUMER_LIST_BY_GROUP: ConsumerListReply,
+    RequestCode.LOCK_BATCH_MQ: LockBatchReply,
+    RequestCode.UNLOCK_BATCH_MQ: Empty,
+    RequestCode.CONSUME_OPEN: ConsumeOpenReply,
+    RequestCode.CONSUME_ACK: Empty,
+    RequestCode.CONSUME_CLOSE: Empty,
+    RequestCode.RESET_CONSUMER_OFFSET: ResetOffsetReply,
+}
+
+#: Push codes (Flag.PUSH, broker to client) -> the type of the push's body.
+PUSH_TYPES: Final[dict[RequestCode, type[msgspec.Struct]]] = {
+    RequestCode.PUSH_MESSAGES: PushBody,
+    RequestCode.STREAM_CLOSED: StreamClosedBody,
+    RequestCode.NOTIFY_CONSUMER_IDS_CHANGED: ConsumerGroupBody,
 }
 
 #: Non-SUCCESS response codes whose reply still carries the request's reply body
