@@ -17,8 +17,10 @@ The hierarchy::
     │   ├── TopicNotExistError        TOPIC_NOT_EXIST
     │   ├── NoRouteError              NO_ROUTE
     │   ├── OffsetNotFoundError       QUERY_NOT_FOUND
+    │   ├── StreamNotFoundError       STREAM_NOT_FOUND
     │   └── BrokerNotRegisteredError  BROKER_NOT_REGISTERED
     ├── TopicExistsError              TOPIC_ALREADY_EXISTS
+    ├── QueueLockedError              QUEUE_LOCKED
     ├── ServerError                   SYSTEM_ERROR; the server failed, another may not
     │   ├── ServerBusyError           SYSTEM_BUSY
     │   └── ServiceUnavailableError   SERVICE_NOT_AVAILABLE (disk full, closing)
@@ -53,10 +55,12 @@ __all__ = [
     "NotFoundError",
     "OffsetNotFoundError",
     "ProtocolError",
+    "QueueLockedError",
     "RequestTimeoutError",
     "ServerBusyError",
     "ServerError",
     "ServiceUnavailableError",
+    "StreamNotFoundError",
     "TopicExistsError",
     "TopicNotExistError",
     "TransportError",
@@ -234,6 +238,18 @@ class TopicExistsError(FabricError):
     default_code = ResponseCode.TOPIC_ALREADY_EXISTS
 
 
+class QueueLockedError(FabricError):
+    """Another live consumer of the group holds the queue's lock (ordered consumption)."""
+
+    default_code = ResponseCode.QUEUE_LOCKED
+
+
+class StreamNotFoundError(NotFoundError):
+    """No push stream with this id is open on this connection."""
+
+    default_code = ResponseCode.STREAM_NOT_FOUND
+
+
 class ServerError(FabricError):
     """The server failed to do it; another server may not."""
 
@@ -273,6 +289,8 @@ _BY_CODE: Final[dict[int, type[FabricError]]] = {
     ResponseCode.INVALID_GROUP_NAME: InvalidNameError,
     ResponseCode.NO_ROUTE: NoRouteError,
     ResponseCode.BROKER_NOT_REGISTERED: BrokerNotRegisteredError,
+    ResponseCode.QUEUE_LOCKED: QueueLockedError,
+    ResponseCode.STREAM_NOT_FOUND: StreamNotFoundError,
 }
 
 
