@@ -2,7 +2,8 @@
 
 Usage:
     python bench/send_bench.py [--count N] [--async-count N] [--size BYTES] [--repeat R]
-                               [--flush async|sync] [--warmup N] [--no-extra] [--json]
+                               [--blocks B] [--flush async|sync] [--warmup N] [--no-extra]
+                               [--json]
 
 Starts its own throwaway fabric (one ``fabric nameserver`` and one ``fabric broker``, as
 ``fabric up`` does, on 127.0.0.1 port 0, data in a temporary directory removed afterwards)
@@ -25,7 +26,9 @@ and measures, in one run and on the same machine:
     the other, ``--async-count`` messages in all.
 
 Every part runs ``--repeat`` times (interleaved: raw, direct, sync, async, ... then again), each
-with a fresh producer; medians and every sample are reported, with the CPU use of the
+with a fresh producer; within a repeat the three latency parts alternate in ``--blocks``
+blocks (raw, direct, sync, raw, ...), so that noise from other work on a shared machine
+falls on all three alike; medians and every sample are reported, with the CPU use of the
 client (split by thread) and of the server in each timed section. Each part starts after
 ``os.sync()``, so that none pays for the page-cache writeback of the parts before it.
 Prints a table, or with ``--json`` one JSON object with every figure. Every wait has a
@@ -463,21 +466,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         def latency(name: str, samples_ns: list[int], meter: CpuMeter, **extra: Any) -> None:
             samples[name].append({**latency_figures(samples_ns), **extra, "cpu_pct": meter.pct})
 
+        per_block = max(1, args.count // args.blocks)
         for _ in range(args.repeat):
             # Every part starts with the data of the parts before it written back, so no
             # part pays for another's page-cache writeback (a SYNC_FLUSH fsync waits for it).
             os.sync()
-            meter = CpuMeter({"raw_router": raw.pid})
-            lat = request_round_trips(raw.endpoint, args.count, args.warmup, body, meter)
-            latency("raw", lat, meter)
-            os.sync()
-            meter = CpuMeter(on_broker)
-            lat = request_round_trips(broker.endpoint, args.count, args.warmup, body, meter)
-            latency("direct", lat, meter)
-            os.sync()
-            meter = CpuMeter(on_broker)
-            lat, failures = sync_sends(ns, args.count, args.warmup, body, meter)
-            latency("sync", lat, meter, failures=failures)
+            # The three latency parts alternate in blocks, so that a burst of noise on a
+            # shared machine hits all three alike and their ratios stay honest; CPU is
+            # metered over each part's last block.
+            pooled: dict[str, list[int]] = {"raw": [], "direct": [], "sync": []}
+            meters: dict[str, CpuMeter] = {}
+            failures = 0
+            for block in range(args.blocks):
+                warmup = args.warmup if block == 0 else min(args.warmup, 50)
+                meters["raw"] = CpuMeter({"raw_router": raw.pid})
+                pooled["raw"] += request_round_trips(
+                    raw.endpoint, per_block, warmup, body, meters["raw"]
+                )
+                meters["direct"] = CpuMeter(on_broker)
+                pooled["direct"] += request_round_trips(
+                    broker.endpoint, per_block, warmup, body, meters["direct"]
+                )
+                meters["sync"] = CpuMeter(on_broker)
+                lat, failed = sync_sends(ns, per_block, warmup, body, meters["sync"])
+                pooled["sync"] += lat
+                failures += failed
+            latency("raw", pooled["raw"], meters["raw"])
+            latency("direct", pooled["direct"], meters["direct"])
+            latency("sync", pooled["sync"], meters["sync"], failures=failures)
             for name in ("direct", "sync"):
                 x = samples[name][-1]
                 x["vs_raw_p50"] = round(x["p50_us"] / samples["raw"][-1]["p50_us"], 3)
@@ -514,6 +530,7 @@ def summarize(
         "async_count": args.async_count,
         "warmup": args.warmup,
         "repeat": args.repeat,
+        "blocks": args.blocks,
     }
     for name in LATENCY_PARTS:
         runs = samples[name]
@@ -606,13 +623,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--size", type=int, default=1024, help="body size in bytes")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each part; medians")
+    parser.add_argument(
+        "--blocks", type=int, default=10, help="latency parts alternate in this many blocks"
+    )
     parser.add_argument("--flush", choices=("async", "sync"), default="async")
     parser.add_argument("--warmup", type=int, default=300, help="unmeasured sends per part")
     parser.add_argument("--no-extra", action="store_true", help="skip oneway and batch")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    if args.count < 1 or args.async_count < 1 or args.repeat < 1 or args.size < 1:
-        parser.error("--count, --async-count, --repeat and --size must be positive")
+    if min(args.count, args.async_count, args.repeat, args.size, args.blocks) < 1:
+        parser.error("--count, --async-count, --repeat, --size and --blocks must be positive")
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         results = run(args)

@@ -55,6 +55,8 @@ MAX_PROPERTIES_BYTES: Final = 32 * 1024
 
 _COMPRESSED: Final = int(SysFlag.COMPRESSED)
 
+_BODY_TYPES: Final = (bytes, bytearray, memoryview)
+
 
 class Message:
     """A message to send.
@@ -118,7 +120,8 @@ class Message:
             The estimated size of tags, keys and properties on the wire, in bytes.
         """
         body = self.body
-        if not isinstance(body, bytes | bytearray | memoryview):
+        # A tuple, not ``bytes | bytearray | memoryview``: the union is built on every call.
+        if type(body) is not bytes and not isinstance(body, _BODY_TYPES):
             raise MessageIllegalError(
                 f"body must be bytes, got {type(body).__name__}",
                 code=ResponseCode.MESSAGE_ILLEGAL,
