@@ -19,7 +19,11 @@ __all__ = [
     "DEFAULT_BROKER_HEARTBEAT_INTERVAL",
     "DEFAULT_CLIENT_EXPIRY",
     "DEFAULT_CLIENT_HEARTBEAT_INTERVAL",
+    "DEFAULT_DEDUP_WINDOW",
     "DEFAULT_LOCK_EXPIRY",
+    "DEFAULT_MAX_RECONSUME_TIMES",
+    "DEFAULT_TIMER_MAX_DELAY",
+    "DELAY_LEVELS",
     "PROTOCOL_VERSION",
     "ConsumeFrom",
     "FilterType",
@@ -31,6 +35,7 @@ __all__ = [
     "ResponseCode",
     "SendStatus",
     "SysFlag",
+    "TransactionState",
     "pull_status_for",
     "send_status_for",
 ]
@@ -51,6 +56,16 @@ DEFAULT_CLIENT_HEARTBEAT_INTERVAL: Final = 1.0
 DEFAULT_CLIENT_EXPIRY: Final = 5.0
 #: Seconds a queue lock (LOCK_BATCH_MQ) lasts unless renewed (RocketMQ 60 s).
 DEFAULT_LOCK_EXPIRY: Final = 30.0
+#: The fixed delay levels 1..18 in seconds (RocketMQ ``messageDelayLevel``).
+DELAY_LEVELS: Final[tuple[float, ...]] = (
+    1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200,
+)  # fmt: skip
+#: Deliveries a message gets before it goes to the dead-letter topic (RocketMQ 16).
+DEFAULT_MAX_RECONSUME_TIMES: Final = 16
+#: Seconds a broker remembers a message id for idempotent resends (SPEC M20).
+DEFAULT_DEDUP_WINDOW: Final = 120.0
+#: The furthest delivery time a broker accepts by default, in seconds from now.
+DEFAULT_TIMER_MAX_DELAY: Final = 30 * 86400.0
 
 
 class Flag(enum.IntFlag):
@@ -83,10 +98,19 @@ class RequestCode(enum.IntEnum):
     SEARCH_OFFSET_BY_TIMESTAMP = 29
     GET_MAX_OFFSET = 30
     GET_MIN_OFFSET = 31
+    # Broker: queries (section 14.5).
+    QUERY_MESSAGE = 12
+    VIEW_MESSAGE_BY_ID = 33
     # Broker: clients and consumer groups.
     HEARTBEAT = 34
     UNREGISTER_CLIENT = 35
+    #: A consumer hands back a message it failed to consume (retry topic or DLQ, 14.2).
+    CONSUMER_SEND_MSG_BACK = 36
+    #: A producer commits or rolls back a half message (14.3).
+    END_TRANSACTION = 37
     GET_CONSUMER_LIST_BY_GROUP = 38
+    #: Push (broker to producer, Flag.PUSH): is this half message committed? (14.3)
+    CHECK_TRANSACTION_STATE = 39
     #: Push (broker to client, Flag.PUSH): the members of a consumer group changed.
     NOTIFY_CONSUMER_IDS_CHANGED = 40
     LOCK_BATCH_MQ = 41
@@ -207,6 +231,17 @@ class FilterType(enum.IntEnum):
 
     TAG = 0
     SQL92 = 1
+
+
+class TransactionState(enum.IntEnum):
+    """A local transaction's outcome (RocketMQ ``LocalTransactionState``)."""
+
+    #: Not decided yet: the broker asks again later (CHECK_TRANSACTION_STATE).
+    UNKNOWN = 0
+    #: Deliver the half message.
+    COMMIT = 1
+    #: Drop the half message.
+    ROLLBACK = 2
 
 
 class PullStatus(enum.IntEnum):

@@ -37,6 +37,7 @@ __all__ = [
     "BrokerData",
     "BrokerHeartbeatBody",
     "BrokerHeartbeatRequest",
+    "CheckTransactionBody",
     "ClientHeartbeatBody",
     "ClusterInfo",
     "CommitConsumerOffsetBody",
@@ -51,10 +52,14 @@ __all__ = [
     "ConsumerData",
     "ConsumerGroupBody",
     "ConsumerListReply",
+    "ConsumerSendBackBody",
+    "ConsumerSendBackRequest",
     "CreateTopicRequest",
     "DeleteTopicBody",
     "DeleteTopicRequest",
     "Empty",
+    "EndTransactionBody",
+    "EndTransactionRequest",
     "Envelope",
     "GetAllTopicListRequest",
     "GetClusterInfoRequest",
@@ -75,6 +80,9 @@ __all__ = [
     "PushBody",
     "QueryConsumerOffsetBody",
     "QueryConsumerOffsetRequest",
+    "QueryMessageBody",
+    "QueryMessageReply",
+    "QueryMessageRequest",
     "QueueData",
     "QueueOffset",
     "QueueOffsetBody",
@@ -107,6 +115,8 @@ __all__ = [
     "UnregisterClientBody",
     "UnregisterClientRequest",
     "UpdateTopicRequest",
+    "ViewMessageBody",
+    "ViewMessageRequest",
 ]
 
 #: Queues of a topic created without a queue count (RocketMQ ``defaultTopicQueueNums``).
@@ -171,6 +181,13 @@ class SendMessageBody(msgspec.Struct, kw_only=True):
     #: Producer clock, milliseconds since the Unix epoch.
     born_timestamp: int = 0
     reconsume_times: int = 0
+    #: A fixed delay level, 1..18 (DELAY_LEVELS); 0: none (section 14.1).
+    delay_level: int = 0
+    #: Deliver at this time, ms since the Unix epoch; 0: now (section 14.1).
+    deliver_at: int = 0
+    #: True on a retry of a send that may have been stored already: the broker stores
+    #: it only if it has not stored ``uniq_id`` within its dedup window (section 14.4).
+    resend: bool = False
 
 
 class BatchEntry(msgspec.Struct, kw_only=True):
@@ -183,6 +200,8 @@ class BatchEntry(msgspec.Struct, kw_only=True):
     flag: int = 0
     sysflag: int = 0
     born_timestamp: int = 0
+    delay_level: int = 0
+    deliver_at: int = 0
 
 
 class SendBatchBody(msgspec.Struct, kw_only=True):
@@ -192,6 +211,8 @@ class SendBatchBody(msgspec.Struct, kw_only=True):
     topic: str
     queue_id: int
     messages: list[BatchEntry]
+    #: As SendMessageBody.resend, for every message of the batch.
+    resend: bool = False
 
 
 class SendReply(msgspec.Struct, kw_only=True):
@@ -199,8 +220,11 @@ class SendReply(msgspec.Struct, kw_only=True):
 
     msg_id: str
     queue_id: int
+    #: -1 while the message is not in its queue yet (timed, delayed or half message).
     queue_offset: int
     broker_name: str = ""
+    #: Where the record starts in the broker's CommitLog (END_TRANSACTION needs it).
+    commitlog_offset: int = -1
 
 
 class SendBatchReply(msgspec.Struct, kw_only=True):
@@ -226,8 +250,10 @@ class PullMessageBody(msgspec.Struct, kw_only=True):
     suspend_timeout_ms: int = 0
     #: Also commit this offset for the group before reading; -1: commit nothing.
     commit_offset: int = -1
-    #: Tag filter: "*" for all, or tags joined by " || ".
+    #: The filter expression: with ``filter_type`` TAG "*" for all, or tags joined by " || ".
     subscription: str = "*"
+    #: FilterType of ``subscription``: 0 TAG, 1 SQL92 (docs/PROTOCOL.md section 12).
+    filter_type: int = 0
 
 
 class PullReply(msgspec.Struct, kw_only=True):
@@ -437,6 +463,69 @@ class StreamClosedBody(msgspec.Struct, kw_only=True):
     """
 
     reason: str
+
+
+class ConsumerSendBackBody(msgspec.Struct, kw_only=True):
+    """CONSUMER_SEND_MSG_BACK: a consumed message failed; retry it later or dead-letter it."""
+
+    consumer_group: str
+    #: The topic the message was consumed from (its original topic, or the retry topic).
+    topic: str
+    #: The consumed record's CommitLog offset on this broker (MessageExt.commitlog_offset).
+    commitlog_offset: int
+    msg_id: str = ""
+    #: The delay level of the retry; 0: the broker's choice, 3 + reconsume times.
+    delay_level: int = 0
+    #: Deliveries before the dead-letter topic; -1: DEFAULT_MAX_RECONSUME_TIMES.
+    max_reconsume_times: int = -1
+
+
+class EndTransactionBody(msgspec.Struct, kw_only=True):
+    """END_TRANSACTION: the outcome of a half message's local transaction."""
+
+    producer_group: str
+    msg_id: str
+    #: The half message's CommitLog offset (SendReply.commitlog_offset).
+    commitlog_offset: int
+    #: TransactionState: 0 UNKNOWN, 1 COMMIT, 2 ROLLBACK.
+    state: int
+    #: True when this answers a CHECK_TRANSACTION_STATE.
+    from_check: bool = False
+
+
+class CheckTransactionBody(msgspec.Struct, kw_only=True):
+    """CHECK_TRANSACTION_STATE push: frame 1 is the half message's record."""
+
+    producer_group: str
+    msg_id: str
+    commitlog_offset: int
+    #: Checks of this half message so far, this one included.
+    check_times: int
+
+
+class QueryMessageBody(msgspec.Struct, kw_only=True):
+    """QUERY_MESSAGE: messages of a topic stored with a key, newest first."""
+
+    topic: str
+    key: str
+    max_num: int = 32
+    #: Store time range, ms since the epoch; 0: no bound.
+    begin_ms: int = 0
+    end_ms: int = 0
+
+
+class ViewMessageBody(msgspec.Struct, kw_only=True):
+    """VIEW_MESSAGE_BY_ID: one message by its id (``msg_id``) or CommitLog offset (>= 0)."""
+
+    topic: str = ""
+    msg_id: str = ""
+    commitlog_offset: int = -1
+
+
+class QueryMessageReply(msgspec.Struct, kw_only=True):
+    """QUERY_MESSAGE / VIEW_MESSAGE_BY_ID reply: frames 1..n are the records found."""
+
+    count: int
 
 
 class ResetOffsetBody(msgspec.Struct, kw_only=True):
@@ -674,6 +763,22 @@ class ResetOffsetRequest(Envelope, tag=int(RequestCode.RESET_CONSUMER_OFFSET)):
     body: ResetOffsetBody
 
 
+class ConsumerSendBackRequest(Envelope, tag=int(RequestCode.CONSUMER_SEND_MSG_BACK)):
+    body: ConsumerSendBackBody
+
+
+class EndTransactionRequest(Envelope, tag=int(RequestCode.END_TRANSACTION)):
+    body: EndTransactionBody
+
+
+class QueryMessageRequest(Envelope, tag=int(RequestCode.QUERY_MESSAGE)):
+    body: QueryMessageBody
+
+
+class ViewMessageRequest(Envelope, tag=int(RequestCode.VIEW_MESSAGE_BY_ID)):
+    body: ViewMessageBody
+
+
 #: Every request a server may receive; decode frame 0 with ``Decoder(Request)``.
 Request = (
     SendMessageRequest
@@ -703,6 +808,10 @@ Request = (
     | ConsumeAckRequest
     | ConsumeCloseRequest
     | ResetOffsetRequest
+    | ConsumerSendBackRequest
+    | EndTransactionRequest
+    | QueryMessageRequest
+    | ViewMessageRequest
 )
 
 #: RequestCode -> its envelope type (the type's msgspec tag is the code).
@@ -734,6 +843,10 @@ REQUEST_TYPES: Final[dict[RequestCode, type[Envelope]]] = {
     RequestCode.CONSUME_ACK: ConsumeAckRequest,
     RequestCode.CONSUME_CLOSE: ConsumeCloseRequest,
     RequestCode.RESET_CONSUMER_OFFSET: ResetOffsetRequest,
+    RequestCode.CONSUMER_SEND_MSG_BACK: ConsumerSendBackRequest,
+    RequestCode.END_TRANSACTION: EndTransactionRequest,
+    RequestCode.QUERY_MESSAGE: QueryMessageRequest,
+    RequestCode.VIEW_MESSAGE_BY_ID: ViewMessageRequest,
 }
 
 #: RequestCode -> the type of its request body (the envelope's last field).
@@ -770,6 +883,10 @@ REPLY_TYPES: Final[dict[RequestCode, type[msgspec.Struct]]] = {
     RequestCode.CONSUME_ACK: Empty,
     RequestCode.CONSUME_CLOSE: Empty,
     RequestCode.RESET_CONSUMER_OFFSET: ResetOffsetReply,
+    RequestCode.CONSUMER_SEND_MSG_BACK: Empty,
+    RequestCode.END_TRANSACTION: Empty,
+    RequestCode.QUERY_MESSAGE: QueryMessageReply,
+    RequestCode.VIEW_MESSAGE_BY_ID: QueryMessageReply,
 }
 
 #: Push codes (Flag.PUSH, broker to client) -> the type of the push's body.
@@ -777,6 +894,7 @@ PUSH_TYPES: Final[dict[RequestCode, type[msgspec.Struct]]] = {
     RequestCode.PUSH_MESSAGES: PushBody,
     RequestCode.STREAM_CLOSED: StreamClosedBody,
     RequestCode.NOTIFY_CONSUMER_IDS_CHANGED: ConsumerGroupBody,
+    RequestCode.CHECK_TRANSACTION_STATE: CheckTransactionBody,
 }
 
 #: Non-SUCCESS response codes whose reply still carries the request's reply body

@@ -136,6 +136,14 @@ SAMPLES: dict[RequestCode, msgspec.Struct] = {
     RequestCode.CONSUME_ACK: m.ConsumeAckBody(stream_id=7, credit_msgs=3, commit_offset=9),
     RequestCode.CONSUME_CLOSE: m.ConsumeCloseBody(stream_id=7, unlock=True),
     RequestCode.RESET_CONSUMER_OFFSET: m.ResetOffsetBody(consumer_group="g", topic="T", to=1),
+    RequestCode.CONSUMER_SEND_MSG_BACK: m.ConsumerSendBackBody(
+        consumer_group="g", topic="T", commitlog_offset=1234, msg_id="A" * 32
+    ),
+    RequestCode.END_TRANSACTION: m.EndTransactionBody(
+        producer_group="pg", msg_id="B" * 32, commitlog_offset=99, state=1, from_check=True
+    ),
+    RequestCode.QUERY_MESSAGE: m.QueryMessageBody(topic="T", key="k1", max_num=5, begin_ms=1),
+    RequestCode.VIEW_MESSAGE_BY_ID: m.ViewMessageBody(topic="T", msg_id="C" * 32),
 }
 #: Codes only a broker sends, on its own (Flag.PUSH): no request envelope.
 PUSH_ONLY = set(m.PUSH_TYPES)
@@ -156,6 +164,7 @@ def test_every_request_code_has_an_envelope_a_body_and_a_reply() -> None:
         RequestCode.PUSH_MESSAGES,
         RequestCode.STREAM_CLOSED,
         RequestCode.NOTIFY_CONSUMER_IDS_CHANGED,
+        RequestCode.CHECK_TRANSACTION_STATE,
     } == PUSH_ONLY
     assert set(typing.get_args(m.Request)) == set(REQUEST_TYPES.values())
     for code, envelope in REQUEST_TYPES.items():
