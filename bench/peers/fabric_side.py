@@ -1,0 +1,378 @@
+"""The fabric's side of the peer comparison: the same workloads through the Python client.
+
+A throwaway local fabric per flush mode (``fabric.testing``: one ``fabric nameserver`` and
+one ``fabric broker --flush async|sync``, 127.0.0.1 port 0, the broker's data in the
+benchmark's scratch directory, default store settings as ``fabric up`` has them).
+
+* produce: ``Producer.send_async`` of ``count`` messages, timed from the first call until
+  every future resolved (``Producer.flush``); every result must be SEND_OK. Under
+  SYNC_FLUSH a SEND_OK comes after the fsync that covers the message (group commit).
+* produce, send_batch rows: ``Producer.send_batch`` of BATCH messages per call, one call
+  after the other.
+* consume and end to end: :func:`consume_messages` (see there); the ack is the offset
+  commit to the broker.
+* sync latency: ``Producer.send``, one message in flight.
+
+Each topic is created (4 queues) before its job and deleted after it, so every count is
+exact: produce checks what the queues hold, consume checks messages, bytes and that the
+committed offset of every queue reached its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import time
+from collections.abc import Iterator, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any, Final
+
+from bench.peers.common import (
+    BenchError,
+    CountMismatchError,
+    Group,
+    Job,
+    Outcome,
+    Ready,
+    Scenario,
+    check_counts,
+    check_equal,
+    payload,
+    wait_for,
+    wait_idle,
+)
+from fabric import Message, Producer, PullConsumer, PullStatus, SendResult, SendStatus
+from fabric import aio as fabric_aio
+from fabric.admin import Admin
+from fabric.errors import NoRouteError
+from fabric.message import MessageQueue
+from fabric.testing import ServerProcess, run_broker, run_nameserver
+
+MODULE: Final = __name__
+PRODUCER_GROUP: Final = "peers_producer"
+#: Messages per send_batch call in the batch rows.
+BATCH: Final = 256
+#: Most messages one pull returns (the broker clamps to its pull_max_msgs, 1024).
+PULL_BATCH: Final = 500
+#: Seconds a pull on an empty queue waits (long polling); the consumer cancels the pulls
+#: still waiting once it has everything.
+PULL_WAIT: Final = 1.0
+QUEUES: Final = 4
+
+DURABILITY: Final = {
+    "async": "ASYNC_FLUSH: ack after the mmap write (page cache); flushed in the background",
+    "sync": "SYNC_FLUSH: ack after the fsync covering the message (group commit)",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# The fabric under test
+# ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def server(scratch: Path, flush: str) -> Iterator[Mapping[str, Any]]:
+    """A NameServer and a broker (``--flush flush``); yields {"nameserver": endpoint}."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    started: list[ServerProcess] = []
+    try:
+        nameserver = run_nameserver(log_level="WARNING")
+        started.append(nameserver)
+        broker = run_broker(
+            scratch / "broker", nameserver.endpoint, flush=flush, log_level="WARNING"
+        )
+        started.append(broker)
+        wait_idle(broker.pid, f"fabric broker ({flush})")
+        yield {"nameserver": nameserver.endpoint, "flush": flush}
+        errors = [line for s in started for line in s.error_lines()]
+        if errors:
+            raise BenchError("the fabric logged errors:\n" + "\n".join(errors[:20]))
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def prepare(job: Job, ready: Ready) -> Outcome:
+    """Create the topic (QUEUES queues) and wait until the NameServer routes it."""
+    nameserver = job.params["nameserver"]
+    with Admin(nameserver) as admin:
+        admin.create_topic(job.dest, queues=QUEUES)
+    consumer = PullConsumer("peers_prepare", nameservers=nameserver)
+    consumer.start()
+    try:
+
+        def routed() -> bool:
+            try:
+                return len(consumer.queues(job.dest)) == QUEUES
+            except NoRouteError:
+                return False
+
+        wait_for(routed, 30.0, f"the route of {job.dest}")
+    finally:
+        consumer.shutdown()
+    return Outcome()
+
+
+def cleanup(job: Job, ready: Ready) -> Outcome:
+    with Admin(job.params["nameserver"]) as admin:
+        admin.delete_topic(job.dest)
+    return Outcome()
+
+
+def stored(nameserver: str, topic: str) -> int:
+    """How many messages the topic's queues hold (sum of max offsets)."""
+    consumer = PullConsumer("peers_check", nameservers=nameserver)
+    consumer.start()
+    try:
+        return sum(consumer.max_offset(mq) for mq in consumer.queues(topic))
+    finally:
+        consumer.shutdown()
+
+
+def _check_results(results: list[SendResult], job: Job, what: str) -> None:
+    bad = [r.status for r in results if r.status is not SendStatus.SEND_OK]
+    if bad:
+        raise CountMismatchError(f"{what}: {len(bad)} sends not SEND_OK, e.g. {bad[:3]}")
+    check_equal(f"{what}: SEND_OK results", len(results), job.count)
+
+
+def _new_producer(job: Job) -> Producer:
+    producer = Producer(PRODUCER_GROUP, nameservers=job.params["nameserver"], send_timeout=30.0)
+    producer.start()
+    return producer
+
+
+# ---------------------------------------------------------------------------------------
+# Worker functions
+# ---------------------------------------------------------------------------------------
+
+
+def produce(job: Job, ready: Ready) -> Outcome:
+    """``Producer.send_async`` of ``job.count`` messages, until every future resolved."""
+    msg = Message(job.dest, payload(job.size))
+    out = Outcome()
+    futures: list[concurrent.futures.Future[SendResult]] = []
+    with _new_producer(job) as producer:
+        send_async, append = producer.send_async, futures.append
+        out.first = time.monotonic()
+        for _ in range(job.count):
+            append(send_async(msg))
+        if not producer.flush(job.timeout_s):
+            raise BenchError(f"async sends not over within {job.timeout_s}s")
+        out.last = time.monotonic()
+    results = [f.result(0) for f in futures]
+    _check_results(results, job, "send_async")
+    out.messages = stored(job.params["nameserver"], job.dest)
+    out.bytes = out.messages * len(msg.body)
+    check_counts("stored after send_async", out.messages, out.bytes, job.count, job.size)
+    return out
+
+
+def produce_batch(job: Job, ready: Ready) -> Outcome:
+    """``Producer.send_batch`` of BATCH messages per call, one call after the other."""
+    body = payload(job.size)
+    out = Outcome()
+    results: list[SendResult] = []
+    with _new_producer(job) as producer:
+        send_batch = producer.send_batch
+        out.first = time.monotonic()
+        left = job.count
+        while left > 0:
+            n = min(BATCH, left)
+            results += send_batch([Message(job.dest, body) for _ in range(n)])
+            left -= n
+        out.last = time.monotonic()
+    _check_results(results, job, "send_batch")
+    out.messages = stored(job.params["nameserver"], job.dest)
+    out.bytes = out.messages * job.size
+    check_counts("stored after send_batch", out.messages, out.bytes, job.count, job.size)
+    return out
+
+
+def sync_latency(job: Job, ready: Ready) -> Outcome:
+    """``Producer.send``, one at a time: ``job.samples`` sends (capped at ``job.cap_s``)."""
+    msg = Message(job.dest, payload(job.size))
+    out = Outcome()
+    samples = out.latencies_ns
+    clock = time.perf_counter_ns
+    with _new_producer(job) as producer:
+        send = producer.send
+        for _ in range(job.warmup):
+            send(msg)
+        out.first = time.monotonic()
+        stop = out.first + job.cap_s
+        for _ in range(job.samples):
+            began = clock()
+            result = send(msg)
+            samples.append(clock() - began)
+            if result.status is not SendStatus.SEND_OK:
+                raise CountMismatchError(f"send returned {result.status}")
+            if time.monotonic() > stop:
+                break
+        out.last = time.monotonic()
+    sent = job.warmup + len(samples)
+    out.messages = stored(job.params["nameserver"], job.dest)
+    out.bytes = out.messages * job.size
+    check_counts("stored after sync sends", out.messages, out.bytes, sent, job.size)
+    return out
+
+
+def consume(job: Job, ready: Ready) -> Outcome:
+    """Read and acknowledge ``job.count`` messages of the topic (see consume_messages)."""
+    return consume_messages(
+        job.params["nameserver"],
+        job.dest,
+        f"peers_{job.dest}",
+        job.count,
+        job.size,
+        ready,
+        job.timeout_s,
+    )
+
+
+# PUSH CONSUMER SWITCH POINT. Consume and end to end go through this one function; today
+# it drives the pull consumer (fabric.aio.PullConsumer, one long-polling pull loop per
+# queue, offsets committed per pulled batch). When fabric.PushConsumer lands, replace the
+# body with a PushConsumer subscribed to `topic` whose listener counts messages and bytes
+# and records the time of the last ack, keeping this signature, the ready() call once
+# it is subscribed, and the checks at the end (counts, bytes, nothing left unacked).
+def consume_messages(
+    nameserver: str,
+    topic: str,
+    group: str,
+    count: int,
+    size: int,
+    ready: Ready,
+    timeout: float,
+) -> Outcome:
+    """Subscribe to ``topic`` as ``group``, call ``ready``, read and ack ``count`` messages.
+
+    Returns an Outcome whose ``first`` is when reading began and ``last`` when the ack
+    (the offset commit) of the last message was answered. Raises CountMismatchError if
+    messages or bytes differ, or a queue's committed offset is not at its end.
+    """
+    return asyncio.run(_consume(nameserver, topic, group, count, size, ready, timeout))
+
+
+async def _consume(
+    nameserver: str,
+    topic: str,
+    group: str,
+    count: int,
+    size: int,
+    ready: Ready,
+    timeout: float,
+) -> Outcome:
+    out = Outcome()
+    consumer = fabric_aio.PullConsumer(group, nameservers=nameserver)
+    await consumer.start()
+    try:
+        queues = await consumer.queues(topic)
+        done = asyncio.Event()
+        state = {"messages": 0, "bytes": 0, "acked": 0}
+
+        async def commit(mq: MessageQueue, offset: int, n: int) -> None:
+            await consumer.commit(mq, offset)
+            state["acked"] += n
+            if state["acked"] >= count:
+                out.last = time.monotonic()
+                done.set()
+
+        async def drain(mq: MessageQueue) -> None:
+            offset = 0
+            committing: asyncio.Task[None] | None = None
+            while True:
+                res = await consumer.pull(mq, offset, max_nums=PULL_BATCH, timeout=PULL_WAIT)
+                if res.status is PullStatus.FOUND:
+                    msgs = res.messages
+                    state["messages"] += len(msgs)
+                    state["bytes"] += sum(len(m.body) for m in msgs)
+                    offset = res.next_offset
+                    if committing is not None:
+                        await committing
+                    committing = asyncio.ensure_future(commit(mq, offset, len(msgs)))
+                elif res.status is PullStatus.NO_MATCHED_MSG:
+                    offset = res.next_offset
+                elif res.status is not PullStatus.NO_NEW_MSG:
+                    raise BenchError(f"pull of {mq} at {offset}: {res.status}")
+
+        out.first = time.monotonic()
+        tasks = [asyncio.ensure_future(drain(mq)) for mq in queues]
+        ready(None)
+        finished = asyncio.ensure_future(done.wait())
+        try:
+            await asyncio.wait(
+                [finished, *tasks], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (finished, *tasks):
+                task.cancel()
+            outcomes = await asyncio.gather(finished, *tasks, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception) and not isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+        if not done.is_set():
+            raise CountMismatchError(
+                f"{state['acked']} of {count} messages read and acked within {timeout}s"
+            )
+        out.messages, out.bytes = state["messages"], state["bytes"]
+        check_counts("consumed", out.messages, out.bytes, count, size)
+        # Nothing left unacknowledged, and nothing stored beyond what was read.
+        for mq in queues:
+            committed, end = await consumer.committed(mq), await consumer.max_offset(mq)
+            if end == 0 and committed == -1:
+                continue  # an empty queue: nothing to commit
+            check_equal(f"committed offset of queue {mq.queue_id} (its end)", committed, end)
+        out.extra["queues"] = len(queues)
+    finally:
+        await consumer.shutdown()
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Rows
+# ---------------------------------------------------------------------------------------
+
+
+def _rows(flush: str) -> list[Scenario]:
+    name = f"{flush.upper()}_FLUSH"
+    return [
+        Scenario(
+            key=f"fabric_{flush}",
+            peer="fabric",
+            label=(
+                f"fabric {name}: send_async, aio PullConsumer (pull {PULL_BATCH}, "
+                "commit per batch), send"
+            ),
+            durability=DURABILITY[flush],
+            module=MODULE,
+        ),
+        Scenario(
+            key=f"fabric_{flush}_batch",
+            peer="fabric",
+            label=f"fabric {name}: send_batch of {BATCH}, one call at a time",
+            durability=DURABILITY[flush],
+            module=MODULE,
+            workloads=("produce",),
+            produce="produce_batch",
+        ),
+    ]
+
+
+def groups() -> list[Group]:
+    return [
+        Group(name=f"fabric-{flush}", server=partial(server, flush=flush), scenarios=_rows(flush))
+        for flush in ("async", "sync")
+    ]
+
+
+def missing() -> list[str]:
+    return []
+
+
+def versions() -> dict[str, str | None]:
+    import fabric
+
+    return {"zmq-fabric": fabric.__version__}
