@@ -21,12 +21,14 @@ Example ``broker.toml``::
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Final, Literal
 
 import msgspec
 
 from broker.store import FlushMode, StoreConfig
+from fabric.protocol.codes import DEFAULT_CLIENT_EXPIRY, DEFAULT_LOCK_EXPIRY
 from fabric.protocol.frames import MAX_MESSAGE_BYTES
 from fabric.protocol.messages import MAX_QUEUE_NUMS
 from fabric.protocol.names import check_name
@@ -87,6 +89,13 @@ class BrokerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     max_suspend_ms: int = 60_000
     #: Most pulls parked at once; past it a pull that would wait answers PULL_NOT_FOUND.
     max_parked_pulls: int = 10_000
+    #: Seconds without a HEARTBEAT after which a client leaves its consumer groups: its
+    #: push streams close, its queue locks are freed, the group is told.
+    client_expiry: float = DEFAULT_CLIENT_EXPIRY
+    #: Seconds a queue lock (LOCK_BATCH_MQ, exclusive CONSUME_OPEN) lasts unless renewed.
+    lock_expiry: float = DEFAULT_LOCK_EXPIRY
+    #: Most push streams open at once; past it CONSUME_OPEN answers SYSTEM_BUSY.
+    max_push_streams: int = 100_000
     #: The storage engine's knobs (see docs/STORAGE.md).
     store: StoreConfig = StoreConfig()
 
@@ -113,10 +122,19 @@ class BrokerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
             "pull_max_bytes": self.pull_max_bytes,
             "max_suspend_ms": self.max_suspend_ms,
             "max_parked_pulls": self.max_parked_pulls,
+            "client_expiry": self.client_expiry,
+            "lock_expiry": self.lock_expiry,
+            "max_push_streams": self.max_push_streams,
         }
         for field, number in positive.items():
             if not number > 0:
                 raise BrokerConfigError(f"{field} must be > 0, got {number}")
+        for field, seconds in (
+            ("client_expiry", self.client_expiry),
+            ("lock_expiry", self.lock_expiry),
+        ):
+            if not math.isfinite(seconds):
+                raise BrokerConfigError(f"{field} must be finite, got {seconds}")
         if self.heartbeat_timeout_ms < 0:
             raise BrokerConfigError("heartbeat_timeout_ms must be >= 0")
         for endpoint in self.nameservers:

@@ -14,7 +14,8 @@ from fabric.protocol.codes import RequestCode
 from fabric.protocol.messages import REQUEST_TYPES
 
 from .processors import BrokerContext, Handler
-from .processors.admin import AdminProcessor
+from .processors.client import ClientProcessor
+from .processors.consume import ConsumeProcessor
 from .processors.offsets import OffsetProcessor
 from .processors.pull import PullProcessor
 from .processors.send import SendProcessor, SyncFlushWaiters
@@ -48,11 +49,13 @@ class Processors:
     """The processor objects of one broker (kept for the server's timers and shutdown)."""
 
     def __init__(self, ctx: BrokerContext, waiters: SyncFlushWaiters | None) -> None:
+        self.ctx = ctx
         self.send = SendProcessor(ctx, waiters)
         self.pull = PullProcessor(ctx)
         self.offsets = OffsetProcessor(ctx)
         self.topics = TopicProcessor(ctx)
-        self.admin = AdminProcessor(ctx)
+        self.client = ClientProcessor(ctx)
+        self.consume = ConsumeProcessor(ctx)
 
 
 def build_dispatcher(processors: Processors) -> Dispatcher:
@@ -66,9 +69,17 @@ def build_dispatcher(processors: Processors) -> Dispatcher:
     d.register(RequestCode.GET_MAX_OFFSET, processors.offsets.max_offset)
     d.register(RequestCode.GET_MIN_OFFSET, processors.offsets.min_offset)
     d.register(RequestCode.SEARCH_OFFSET_BY_TIMESTAMP, processors.offsets.search)
+    d.register(RequestCode.RESET_CONSUMER_OFFSET, processors.offsets.reset)
     d.register(RequestCode.CREATE_TOPIC, processors.topics.create)
     d.register(RequestCode.UPDATE_TOPIC, processors.topics.update)
     d.register(RequestCode.DELETE_TOPIC, processors.topics.delete)
     d.register(RequestCode.LIST_TOPICS, processors.topics.list)
-    d.register(RequestCode.HEARTBEAT, processors.admin.heartbeat)
+    d.register(RequestCode.HEARTBEAT, processors.client.heartbeat)
+    d.register(RequestCode.UNREGISTER_CLIENT, processors.client.unregister)
+    d.register(RequestCode.GET_CONSUMER_LIST_BY_GROUP, processors.client.consumer_list)
+    d.register(RequestCode.LOCK_BATCH_MQ, processors.client.lock_batch)
+    d.register(RequestCode.UNLOCK_BATCH_MQ, processors.client.unlock_batch)
+    d.register(RequestCode.CONSUME_OPEN, processors.consume.open)
+    d.register(RequestCode.CONSUME_ACK, processors.consume.ack)
+    d.register(RequestCode.CONSUME_CLOSE, processors.consume.close)
     return d

@@ -1,12 +1,13 @@
 """Parked pulls (long polling): woken when a message is appended to their queue, or at a deadline.
 
 A pull that finds nothing new and asks to wait (``suspend_timeout_ms`` > 0) is parked here
-under its (topic, queue id). Nothing polls: the send path calls :meth:`LongPoll.notify`
-after each successful append, which marks the queue and schedules one wake-up on the
-loop (several appends to the same queue before it runs cost one wake-up); the wake-up
-hands each waiter of that queue back to the pull processor (``on_wake``), which either
-answers it or leaves it parked (nothing matched its tag filter yet). Each waiter has
-one ``loop.call_later`` timer at its deadline, which answers it with ``on_timeout``.
+under its (topic, queue id). Nothing polls: the table watches broker.arrivals, which the
+send path notifies after each successful append and which calls :meth:`LongPoll.wake`
+once per queue and loop iteration (several appends to the same queue cost one wake-up);
+the wake-up hands each waiter of that queue back to the pull processor (``on_wake``),
+which either answers it or leaves it parked (nothing matched its filter yet). Each
+waiter has one ``loop.call_later`` timer at its deadline, which answers it with
+``on_timeout``.
 
 Everything here runs on the broker's loop; nothing is thread-safe, nothing needs to be.
 """
@@ -14,27 +15,28 @@ Everything here runs on the broker's loop; nothing is thread-safe, nothing needs
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 from loguru import logger
 
-__all__ = ["LongPoll", "ParkedPull"]
+from .arrivals import Arrivals, QueueKey
+from .reading import QueueFilter
 
-QueueKey = tuple[str, int]
+__all__ = ["LongPoll", "ParkedPull"]
 
 
 class ParkedPull:
     """One parked pull request and what it needs to be retried."""
 
     __slots__ = (
+        "filter",
         "identity",
         "key",
         "max_bytes",
         "max_msgs",
         "offset",
         "request",
-        "tags",
         "timer",
     )
 
@@ -46,7 +48,7 @@ class ParkedPull:
         offset: int,
         max_msgs: int,
         max_bytes: int,
-        tags: Collection[int] | None,
+        filter: QueueFilter,
     ) -> None:
         self.identity = identity
         #: The PullMessageRequest envelope (request id, flags, body).
@@ -56,7 +58,7 @@ class ParkedPull:
         self.offset = offset
         self.max_msgs = max_msgs
         self.max_bytes = max_bytes
-        self.tags = tags
+        self.filter = filter
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -64,7 +66,8 @@ class LongPoll:
     """The parked pulls of one broker, by queue.
 
     Args:
-        loop: the broker's loop (timers and wake-ups run there).
+        loop: the broker's loop (timers run there).
+        arrivals: the broker's arrival notices; the table watches them.
         on_wake: called with a waiter when its queue got a message; returns True when it
             answered the waiter (it leaves), False to keep it parked.
         on_timeout: called with a waiter whose deadline passed (it has left already).
@@ -74,6 +77,7 @@ class LongPoll:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
+        arrivals: Arrivals,
         on_wake: Callable[[ParkedPull], bool],
         on_timeout: Callable[[ParkedPull], None],
         limit: int = 10_000,
@@ -84,8 +88,7 @@ class LongPoll:
         self.limit = limit
         self._parked: dict[QueueKey, list[ParkedPull]] = {}
         self._count = 0
-        self._dirty: set[QueueKey] = set()
-        self._wake_scheduled = False
+        arrivals.watch(self._parked, self.wake)
 
     def __len__(self) -> int:
         return self._count
@@ -102,41 +105,28 @@ class LongPoll:
         waiter.timer = self._loop.call_later(timeout, self._expire, waiter)
         return True
 
-    def notify(self, topic: str, queue_id: int) -> None:
-        """A message was appended to (topic, queue_id): wake its waiters soon. Hot path."""
-        if not self._parked:
+    def wake(self, key: QueueKey) -> None:
+        """A message arrived in queue ``key``: retry each of its waiters (from broker.arrivals)."""
+        waiters = self._parked.pop(key, None)
+        if not waiters:
             return
-        key = (topic, queue_id)
-        if key in self._parked:
-            self._dirty.add(key)
-            if not self._wake_scheduled:
-                self._wake_scheduled = True
-                self._loop.call_soon(self._wake)
-
-    def _wake(self) -> None:
-        self._wake_scheduled = False
-        dirty, self._dirty = self._dirty, set()
-        for key in dirty:
-            waiters = self._parked.pop(key, None)
-            if not waiters:
-                continue
-            self._count -= len(waiters)
-            keep: list[ParkedPull] = []
-            for waiter in waiters:
-                try:
-                    answered = self._on_wake(waiter)
-                except Exception:
-                    logger.exception("long poll: waking a pull failed")
-                    answered = True  # drop it: on_wake could not answer, do not retry forever
-                if answered:
-                    if waiter.timer is not None:
-                        waiter.timer.cancel()
-                        waiter.timer = None
-                else:
-                    keep.append(waiter)
-            if keep:
-                self._parked.setdefault(key, []).extend(keep)
-                self._count += len(keep)
+        self._count -= len(waiters)
+        keep: list[ParkedPull] = []
+        for waiter in waiters:
+            try:
+                answered = self._on_wake(waiter)
+            except Exception:
+                logger.exception("long poll: waking a pull failed")
+                answered = True  # drop it: on_wake could not answer, do not retry forever
+            if answered:
+                if waiter.timer is not None:
+                    waiter.timer.cancel()
+                    waiter.timer = None
+            else:
+                keep.append(waiter)
+        if keep:
+            self._parked.setdefault(key, []).extend(keep)
+            self._count += len(keep)
 
     def _expire(self, waiter: ParkedPull) -> None:
         waiter.timer = None
@@ -162,8 +152,9 @@ class LongPoll:
 
     def release_all(self) -> int:
         """Answer every parked pull now (``on_timeout``), e.g. at shutdown; how many."""
-        parked, self._parked = self._parked, {}
-        self._dirty.clear()
+        # The dict itself stays: broker.arrivals watches it.
+        parked = dict(self._parked)
+        self._parked.clear()
         return self._release(parked)
 
     def _release(self, parked: dict[QueueKey, list[ParkedPull]]) -> int:

@@ -10,7 +10,10 @@ reply without ever waiting on a slow client (non-blocking sends; a client that i
 or not reading loses its reply, counted in :attr:`BrokerServer.undelivered`).
 
 Deferred replies (a pull parked by long polling, a send waiting for SYNC_FLUSH) go out
-through :meth:`BrokerServer.reply`, from callbacks on the same loop. The store's flush
+through :meth:`BrokerServer.reply`, and pushes to consumers (PUSH_MESSAGES, STREAM_CLOSED,
+NOTIFY_CONSUMER_IDS_CHANGED) through :meth:`BrokerServer.push`, from callbacks on the
+same loop; a push ZeroMQ refuses (the peer's queue full, the peer gone) is reported to
+its sender, which retries or drops it (broker.push). The store's flush
 thread reaches the loop only through ``loop.call_soon_threadsafe``, once per flush.
 
 Bad input never stops the loop (SPEC X3): a request whose id can be recovered gets an
@@ -48,6 +51,7 @@ from .dispatch import Dispatcher, Processors, build_dispatcher
 from .offsets import ConsumerOffsets
 from .processors import BrokerContext
 from .processors.send import SyncFlushWaiters
+from .push import Delivery
 from .registry import Registry
 from .topics import TopicTable
 
@@ -217,6 +221,7 @@ class BrokerServer:
             topics=self.topics,
             offsets=self.offsets,
             replier=self,
+            pusher=self,
             loop=loop,
             broker_name=config.broker_name,
             msg_id_prefix=_msg_id_prefix(store_host),
@@ -254,6 +259,8 @@ class BrokerServer:
             self._offset_timer.cancel()
         store = self.store
         if self.processors is not None:
+            # Before the socket closes (with a linger): every stream hears STREAM_CLOSED.
+            self.processors.ctx.close()
             released = self.processors.pull.longpoll.release_all()
             if released:
                 logger.info("answered {} parked pulls", released)
@@ -388,6 +395,24 @@ class BrokerServer:
                 self.undelivered += 1
             else:
                 logger.warning("broker: cannot send a reply: {}", exc)
+
+    def push(self, identity: bytes, frames: Sequence[Buffer]) -> Delivery:
+        """Hand a push to the socket without waiting; say whether it went, or why not."""
+        if self._socket_closed or self._raw is None:
+            return Delivery.GONE
+        # Any send attempt, a refused one too, may consume the descriptor's edge for an
+        # incoming request: look again soon (a busy stream retries for as long as its
+        # peer's queue is full, and requests must still be read meanwhile).
+        self._schedule_drain()
+        try:
+            self._raw.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return Delivery.BUSY
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                logger.warning("broker: cannot send a push: {}", exc)
+            return Delivery.GONE
+        return Delivery.SENT
 
     def reply(
         self,

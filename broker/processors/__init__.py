@@ -7,8 +7,10 @@ SYNC_FLUSH), or never (ONEWAY). Errors are raised as ``fabric.errors.FabricError
 subclasses; the server maps them to a reply with ``fabric.errors.to_response``.
 
 Everything runs on the broker's loop. :class:`BrokerContext` carries what the processors
-share: the config, the store, the topic table, the committed offsets, the long-poll
-table and the replier.
+share: the config, the store, the topic table, the committed offsets, the replier, the
+arrival notices (broker.arrivals), the compiled filters (broker.reading), the queue locks
+(broker.locks), the push streams (broker.push), the consumer groups (broker.consumers)
+and the long-poll table.
 """
 
 from __future__ import annotations
@@ -19,9 +21,14 @@ from typing import Any, Protocol
 
 import msgspec
 
+from broker.arrivals import Arrivals
 from broker.config import BrokerConfig
+from broker.consumers import ConsumerManager
+from broker.locks import QueueLockTable
 from broker.longpoll import LongPoll
 from broker.offsets import ConsumerOffsets
+from broker.push import Pusher, PushService
+from broker.reading import FilterCache
 from broker.store import MessageStore
 from broker.topics import TopicTable, check_topic_name
 from fabric.errors import InvalidNameError, ProtocolError, TopicNotExistError
@@ -43,6 +50,7 @@ Outcome = tuple[ResponseCode, msgspec.Struct | None, Sequence[Buffer], str]
 Handler = Callable[[Any, Sequence[Buffer], bytes], Outcome | None]
 
 _GROUP_CACHE_LIMIT = 4096
+_MAX_CLIENT_ID = 255
 
 
 class Replier(Protocol):
@@ -70,6 +78,7 @@ class BrokerContext:
         topics: the topic table.
         offsets: the committed consumer offsets.
         replier: sends deferred replies.
+        pusher: sends pushes (PUSH_MESSAGES, STREAM_CLOSED, NOTIFY_CONSUMER_IDS_CHANGED).
         loop: the broker's loop.
         broker_name: the name SendReply carries.
         msg_id_prefix: hex prefix of the offset message ids (store host and port).
@@ -84,6 +93,7 @@ class BrokerContext:
         topics: TopicTable,
         offsets: ConsumerOffsets,
         replier: Replier,
+        pusher: Pusher,
         loop: asyncio.AbstractEventLoop,
         broker_name: str,
         msg_id_prefix: str,
@@ -98,9 +108,40 @@ class BrokerContext:
         self.broker_name = broker_name
         self.msg_id_prefix = msg_id_prefix
         self.on_topics_changed = on_topics_changed
-        #: Set by the pull processor; the send processor notifies it after each append.
+        #: The send processor notifies it after each append; parked pulls and push
+        #: streams wait on it.
+        self.arrivals = Arrivals(loop)
+        #: Compiled subscriptions (pull, push, heartbeat).
+        self.filters = FilterCache()
+        self.locks = QueueLockTable(config.lock_expiry, loop.time)
+        self.consumers = ConsumerManager(
+            loop, pusher, expiry=config.client_expiry, on_leave=self._client_left
+        )
+        self.push = PushService(
+            loop,
+            store,
+            offsets,
+            self.locks,
+            self.arrivals,
+            pusher,
+            max_msgs=config.pull_max_msgs,
+            max_bytes=config.pull_default_bytes,
+            max_streams=config.max_push_streams,
+            client_identity=self.consumers.identity,
+        )
+        #: Set by the pull processor (it owns the parked pulls).
         self.longpoll: LongPoll | None = None
         self._good_groups: set[str] = set()
+
+    def _client_left(self, client_id: str, groups: frozenset[str] | None) -> None:
+        """A client expired or unregistered: close its streams, free its locks (13.2)."""
+        self.push.close_client(client_id, groups, "client_expired")
+        self.locks.release_client(client_id, groups)
+
+    def close(self) -> None:
+        """Shutdown: close every push stream (STREAM_CLOSED ``shutdown``), stop the timers."""
+        self.push.shutdown()
+        self.consumers.close()
 
     def check_group(self, group: str) -> None:
         """Raise InvalidNameError (INVALID_GROUP_NAME) for a bad group name (cached)."""
@@ -126,6 +167,11 @@ class BrokerContext:
         if config is None:
             raise TopicNotExistError(f"topic {topic} does not exist on {self.broker_name}")
         return config
+
+    def check_client_id(self, client_id: str) -> None:
+        """Raise ProtocolError (MALFORMED_REQUEST) unless ``client_id`` has 1..255 characters."""
+        if not 0 < len(client_id) <= _MAX_CLIENT_ID:
+            raise ProtocolError(f"client_id must have 1..{_MAX_CLIENT_ID} characters")
 
     def check_read_queue(self, config: TopicConfig, queue_id: int) -> None:
         """Raise ProtocolError (MALFORMED_REQUEST) unless 0 <= queue_id < read_queue_nums."""

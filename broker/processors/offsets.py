@@ -1,8 +1,11 @@
-"""Consumer offsets and queue offsets: QUERY/COMMIT_CONSUMER_OFFSET, GET_MIN/MAX_OFFSET, SEARCH.
+"""Consumer and queue offsets: QUERY/COMMIT_CONSUMER_OFFSET, GET_MIN/MAX_OFFSET, SEARCH, RESET.
 
 Every request names an existing topic (TOPIC_NOT_EXIST otherwise) and one of its read
-queues (MALFORMED_REQUEST otherwise). Committed offsets live in broker.offsets; queue
-offsets come from the store's ConsumeQueues.
+queues (MALFORMED_REQUEST otherwise), except RESET_CONSUMER_OFFSET, which sets every read
+queue of the topic and closes the group's push streams of it (``offset_reset``: their
+consumers reopen them at the new offsets, PROTOCOL.md 13.6). Committed offsets live in
+broker.offsets (written to disk by the server's persistence timer); queue offsets come
+from the store's ConsumeQueues.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+from loguru import logger
+
 from fabric.errors import OffsetNotFoundError, ProtocolError
-from fabric.protocol.codes import ResponseCode
+from fabric.protocol.codes import ConsumeFrom, ResponseCode
 from fabric.protocol.frames import Buffer
 from fabric.protocol.messages import (
     CommitConsumerOffsetRequest,
@@ -20,15 +25,20 @@ from fabric.protocol.messages import (
     GetMinOffsetRequest,
     OffsetReply,
     QueryConsumerOffsetRequest,
+    QueueOffset,
+    ResetOffsetReply,
+    ResetOffsetRequest,
     SearchOffsetRequest,
 )
 
 from . import BrokerContext, Outcome
+from .consume import start_offset
 
 __all__ = ["OffsetProcessor"]
 
 _EMPTY: Final = Empty()
 _SUCCESS: Final = ResponseCode.SUCCESS
+_CONSUME_FROM: Final = frozenset(int(c) for c in ConsumeFrom)
 
 
 class OffsetProcessor:
@@ -90,3 +100,27 @@ class OffsetProcessor:
         self._queue(b.topic, b.queue_id)
         offset = self._ctx.store.offset_for_timestamp(b.topic, b.queue_id, b.timestamp)
         return _SUCCESS, OffsetReply(offset=offset), (), ""
+
+    def reset(
+        self, request: ResetOffsetRequest, bodies: Sequence[Buffer], identity: bytes
+    ) -> Outcome:
+        """RESET_CONSUMER_OFFSET: set the group's offset of every read queue; close its streams."""
+        ctx = self._ctx
+        b = request.body
+        config = ctx.require_topic(b.topic, b.consumer_group)
+        if b.to not in _CONSUME_FROM:
+            raise ProtocolError(f"to must be 0, 1 or 2 (ConsumeFrom), got {b.to}")
+        offsets: list[QueueOffset] = []
+        for queue_id in range(config.read_queue_nums):
+            offset = start_offset(ctx, b.topic, queue_id, b.to, b.timestamp)
+            ctx.offsets.commit(b.consumer_group, b.topic, queue_id, offset)
+            offsets.append(QueueOffset(queue_id=queue_id, offset=offset))
+        closed = ctx.push.close_topic(b.topic, "offset_reset", group=b.consumer_group)
+        logger.info(
+            "group {} topic {}: offsets reset to {} ({} streams closed)",
+            b.consumer_group,
+            b.topic,
+            ConsumeFrom(b.to).name,
+            closed,
+        )
+        return _SUCCESS, ResetOffsetReply(offsets=offsets), (), ""

@@ -7,18 +7,22 @@ filtered out) and the pull asks to wait, it is parked in broker.longpoll: the se
 processor wakes it after an append to its queue, or its timer answers PULL_NOT_FOUND at
 the deadline. docs/PROTOCOL.md section 7.4 is the contract.
 
-Tag filters: ``subscription`` is ``*`` (or empty) for everything, else tags separated by
-``||`` (spaces around them ignored); the store filters ConsumeQueue entries on the CRC32
-of the tag (``broker.store.tag_hash``) without reading the skipped records.
+Filters (fabric.filters, compiled once by broker.reading): with ``filter_type`` TAG,
+``subscription`` is ``*`` (or empty) for everything, else tags separated by ``||``; the
+store filters ConsumeQueue entries on the CRC32 of the tag without reading the skipped
+records (and, as documented, does not tell two tags with the same CRC32 apart). With
+SQL92 the records are read and their properties tested. An expression that does not
+compile is answered SUBSCRIPTION_PARSE_FAILED.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 from broker.longpoll import LongPoll, ParkedPull
-from broker.store import GetStatus, tag_hash
+from broker.reading import QueueFilter, read_queue
+from broker.store import GetStatus
 from fabric.errors import NoPermissionError, ProtocolError
 from fabric.protocol.codes import Flag, Perm, ResponseCode
 from fabric.protocol.frames import Buffer
@@ -26,29 +30,10 @@ from fabric.protocol.messages import PullMessageRequest, PullReply
 
 from . import BrokerContext, Outcome
 
-__all__ = ["PullProcessor", "parse_subscription"]
+__all__ = ["PullProcessor"]
 
 _ONEWAY: Final = int(Flag.ONEWAY)
 _READ: Final = int(Perm.READ)
-_FILTER_CACHE_LIMIT: Final = 1024
-_MAX_SUBSCRIPTION: Final = 64 * 1024
-
-
-def parse_subscription(subscription: str) -> frozenset[int] | None:
-    """The tag hashes a subscription accepts; None accepts every message.
-
-    ``"*"`` and ``""`` accept everything; ``"A || B"`` accepts tags A and B.
-    """
-    text = subscription.strip()
-    if not text or text == "*":
-        return None
-    tags = {part.strip() for part in text.split("||")}
-    tags.discard("")
-    if not tags:
-        return None
-    if "*" in tags:
-        return None
-    return frozenset(tag_hash(tag) for tag in tags)
 
 
 class PullProcessor:
@@ -66,22 +51,11 @@ class PullProcessor:
         self._default_bytes = config.pull_default_bytes
         self._max_bytes = config.pull_max_bytes
         self._max_suspend = config.max_suspend_ms
-        self._filters: dict[str, frozenset[int] | None] = {}
-        self.longpoll = LongPoll(ctx.loop, self._on_wake, self._on_timeout, config.max_parked_pulls)
+        self._filters = ctx.filters
+        self.longpoll = LongPoll(
+            ctx.loop, ctx.arrivals, self._on_wake, self._on_timeout, config.max_parked_pulls
+        )
         ctx.longpoll = self.longpoll
-
-    def _filter(self, subscription: str) -> Collection[int] | None:
-        try:
-            return self._filters[subscription]
-        except KeyError:
-            pass
-        if len(subscription) > _MAX_SUBSCRIPTION:
-            raise ProtocolError(f"subscription is {len(subscription)} characters long")
-        tags = parse_subscription(subscription)
-        if len(self._filters) >= _FILTER_CACHE_LIMIT:
-            self._filters.clear()
-        self._filters[subscription] = tags
-        return tags
 
     def pull(
         self, request: PullMessageRequest, bodies: Sequence[Buffer], identity: bytes
@@ -101,18 +75,18 @@ class PullProcessor:
             raise ProtocolError(f"suspend_timeout_ms must be >= 0, got {b.suspend_timeout_ms}")
         max_msgs = min(b.max_msgs, self._max_msgs)
         max_bytes = min(b.max_bytes, self._max_bytes) if b.max_bytes else self._default_bytes
-        tags = self._filter(b.subscription)
+        flt = self._filters.get(b.filter_type, b.subscription, exact_tags=False)
         if b.commit_offset >= 0:
             ctx.offsets.commit(b.consumer_group, b.topic, b.queue_id, b.commit_offset)
         outcome, next_offset = self._read(
-            b.topic, b.queue_id, b.queue_offset, max_msgs, max_bytes, tags
+            b.topic, b.queue_id, b.queue_offset, max_msgs, max_bytes, flt
         )
         if outcome is not None:
             return outcome
         suspend = min(b.suspend_timeout_ms, self._max_suspend)
         if suspend > 0 and not request.flags & _ONEWAY:
             waiter = ParkedPull(
-                identity, request, (b.topic, b.queue_id), next_offset, max_msgs, max_bytes, tags
+                identity, request, (b.topic, b.queue_id), next_offset, max_msgs, max_bytes, flt
             )
             if self.longpoll.park(waiter, suspend / 1000.0):
                 return None
@@ -125,10 +99,10 @@ class PullProcessor:
         offset: int,
         max_msgs: int,
         max_bytes: int,
-        tags: Collection[int] | None,
+        flt: QueueFilter,
     ) -> tuple[Outcome | None, int]:
         """One read; (the outcome, or None: nothing yet, wait at the returned offset)."""
-        r = self._store.get_messages(topic, queue_id, offset, max_msgs, max_bytes, tags)
+        r = read_queue(self._store, topic, queue_id, offset, max_msgs, max_bytes, flt)
         status = r.status
         if status is GetStatus.FOUND:
             reply = PullReply(
@@ -173,7 +147,7 @@ class PullProcessor:
         topic, queue_id = waiter.key
         try:
             outcome, next_offset = self._read(
-                topic, queue_id, waiter.offset, waiter.max_msgs, waiter.max_bytes, waiter.tags
+                topic, queue_id, waiter.offset, waiter.max_msgs, waiter.max_bytes, waiter.filter
             )
         except Exception as exc:
             self._ctx.replier.reply(

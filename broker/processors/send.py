@@ -2,7 +2,8 @@
 
 The hot path of the broker. Per request: the checks (topic, group, queue id, sizes,
 integer ranges), one ``store.append`` (or ``append_batch``: one lock for the whole
-batch), a long-poll notification, one reply Struct. The message body is the frame as
+batch), an arrival notice (broker.arrivals: wakes parked pulls and push streams), one
+reply Struct. The message body is the frame as
 received; it goes into the store as is, never re-encoded.
 
 ASYNC_FLUSH: the reply is returned at once. SYNC_FLUSH: the loop never waits on the disk.
@@ -184,6 +185,7 @@ class SendProcessor:
         self._store = ctx.store
         self._topics = ctx.topics
         self._waiters = waiters
+        self._arrivals = ctx.arrivals
         self._max_body = ctx.config.max_message_size
         self._max_props = ctx.store.config.max_properties_size
         self._broker_name = ctx.broker_name
@@ -254,9 +256,7 @@ class SendProcessor:
         )
         if result.status is not _PUT_OK:
             return self._refused(result)
-        longpoll = self._ctx.longpoll
-        if longpoll is not None:
-            longpoll.notify(topic, qid)
+        self._arrivals.notify(topic, qid)
         reply = SendReply(
             msg_id=b.uniq_id or f"{self._id_prefix}{result.physical_offset:016X}",
             queue_id=qid,
@@ -317,14 +317,10 @@ class SendProcessor:
             if stored:
                 # Only a disk failure in the middle of the batch gets here.
                 remark = f"{remark} ({len(stored)} of {len(results)} messages were stored)"
-                longpoll = self._ctx.longpoll
-                if longpoll is not None:
-                    longpoll.notify(topic, qid)
+                self._arrivals.notify(topic, qid)
                 self._store.request_flush(stored[-1].end_offset)
             return code, None, (), remark
-        longpoll = self._ctx.longpoll
-        if longpoll is not None:
-            longpoll.notify(topic, qid)
+        self._arrivals.notify(topic, qid)
         prefix = self._id_prefix
         reply = SendBatchReply(
             msg_ids=[

@@ -3,8 +3,8 @@
 Each change is written to the topic table (atomically) before the reply, and triggers a
 prompt re-registration with every NameServer, so routes follow within one round trip.
 Deleting a topic also deletes its ConsumeQueues (``store.delete_topic``; the records
-age out of the CommitLog), the committed offsets of every group for it, and answers
-its parked pulls.
+age out of the CommitLog), the committed offsets of every group for it and its queue
+locks, answers its parked pulls and closes its push streams (``topic_deleted``).
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ class TopicProcessor:
         groups = ctx.offsets.delete_topic(topic)
         if ctx.longpoll is not None:
             ctx.longpoll.release_topic(topic)
+        ctx.push.close_topic(topic, "topic_deleted")
+        ctx.locks.delete_topic(topic)
         logger.info(
             "topic {}: deleted {} queues and the offsets of {} groups", topic, queues, groups
         )

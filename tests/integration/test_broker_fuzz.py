@@ -119,8 +119,66 @@ _headers = st.builds(
     | st.lists(_values, max_size=7),
 )
 
+_expressions = st.sampled_from(["*", "A || B", "||", "a > 1", "(", "TAGS = 'A'"]) | _strs
+_subscription = st.fixed_dictionaries(
+    {"topic": _topics}, optional={"filter_type": st.integers(-1, 2), "expression": _expressions}
+)
+_consumer = st.fixed_dictionaries(
+    {"group": _groups},
+    optional={
+        "model": _ints,
+        "orderly": st.booleans(),
+        "subscriptions": st.lists(_subscription, max_size=2),
+    },
+)
 _heartbeat = st.fixed_dictionaries(
-    {"client_id": _strs}, optional={"producer_groups": st.lists(_groups, max_size=2)}
+    {"client_id": _strs},
+    optional={
+        "producer_groups": st.lists(_groups, max_size=2),
+        "consumer_groups": st.lists(_groups, max_size=2),
+        "consumers": st.lists(_consumer, max_size=2),
+    },
+)
+# Push consumption (PROTOCOL.md section 13): streams may open and push to the fuzz socket.
+_stream_ids = st.integers(-1, 3) | _ints
+_consume_open = st.fixed_dictionaries(
+    {
+        "consumer_group": _groups,
+        "client_id": _strs,
+        "stream_id": _stream_ids,
+        "topic": _topics,
+        "queue_id": _ints,
+    },
+    optional={
+        "offset": _ints,
+        "consume_from": _ints,
+        "timestamp": _ints,
+        "filter_type": st.integers(-1, 2),
+        "expression": _expressions,
+        "window_msgs": _ints,
+        "window_bytes": _ints,
+        "exclusive": st.booleans(),
+        "commit": st.booleans(),
+    },
+)
+_consume_ack = st.fixed_dictionaries(
+    {"stream_id": _stream_ids},
+    optional={"credit_msgs": _ints, "credit_bytes": _ints, "commit_offset": _ints},
+)
+_consume_close = st.fixed_dictionaries(
+    {"stream_id": _stream_ids}, optional={"commit_offset": _ints, "unlock": st.booleans()}
+)
+_locks = st.fixed_dictionaries(
+    {
+        "consumer_group": _groups,
+        "client_id": _strs,
+        "queues": st.lists(
+            st.fixed_dictionaries({"topic": _topics, "queue_id": _ints}), max_size=3
+        ),
+    }
+)
+_reset = st.fixed_dictionaries(
+    {"consumer_group": _groups, "topic": _topics, "to": _ints}, optional={"timestamp": _ints}
 )
 # (code, body) pairs that fit, so that most messages reach a processor.
 _PAIRS: list[tuple[RequestCode, st.SearchStrategy[dict[str, Any]]]] = [
@@ -139,6 +197,14 @@ _PAIRS: list[tuple[RequestCode, st.SearchStrategy[dict[str, Any]]]] = [
     (RequestCode.GET_MIN_OFFSET, _offsets),
     (RequestCode.SEARCH_OFFSET_BY_TIMESTAMP, _offsets),
     (RequestCode.HEARTBEAT, _heartbeat),
+    (RequestCode.UNREGISTER_CLIENT, _heartbeat),
+    (RequestCode.GET_CONSUMER_LIST_BY_GROUP, st.fixed_dictionaries({"consumer_group": _groups})),
+    (RequestCode.LOCK_BATCH_MQ, _locks),
+    (RequestCode.UNLOCK_BATCH_MQ, _locks),
+    (RequestCode.CONSUME_OPEN, _consume_open),
+    (RequestCode.CONSUME_ACK, _consume_ack),
+    (RequestCode.CONSUME_CLOSE, _consume_close),
+    (RequestCode.RESET_CONSUMER_OFFSET, _reset),
 ]
 
 
