@@ -21,6 +21,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("run a broker (stores and serves messages)", "broker.cli"),
     "up": ("run a local fabric: one NameServer and one broker", "fabric.up"),
     "admin": ("administer topics (create, update, delete, list)", "fabric.admin"),
+    "bench": ("benchmark a fabric: producer, consumer, e2e, latency", "fabric.bench.cli"),
 }
 
 
