@@ -71,6 +71,8 @@ class Registry:
         self._task: asyncio.Task[None] | None = None
         #: Completed rounds (for tests and stats).
         self.rounds = 0
+        #: Set when the first round is over (each NameServer accepted, refused or timed out).
+        self.first_round = asyncio.Event()
 
     def start(self) -> None:
         """Connect and start the rounds (on the running loop). The first round starts now."""
@@ -100,8 +102,11 @@ class Registry:
     async def round(self) -> None:
         """Register or heartbeat with every NameServer once, concurrently."""
         body = self._body()
-        await asyncio.gather(*(self._one(ns, body) for ns in self.nameservers))
-        self.rounds += 1
+        try:
+            await asyncio.gather(*(self._one(ns, body) for ns in self.nameservers))
+        finally:
+            self.rounds += 1
+            self.first_round.set()
 
     async def _one(self, ns: str, body: RegisterBrokerBody) -> None:
         conn = self._conns[ns]

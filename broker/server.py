@@ -234,6 +234,15 @@ class BrokerServer:
         self._schedule_drain()  # requests may be queued already: the edge has passed
         self._offset_timer = loop.call_later(config.offset_persist_interval, self._persist_offsets)
         self.registry.start()
+        if config.nameservers:
+            # READY should mean "clients can find me": wait for the first registration
+            # round (bounded: a NameServer that does not answer costs register_timeout).
+            try:
+                await asyncio.wait_for(
+                    self.registry.first_round.wait(), config.register_timeout + 1.0
+                )
+            except asyncio.TimeoutError:
+                logger.warning("first registration round not over; serving anyway")
         logger.info(
             "broker {}/{} listening on {} ({} topics, {}, data {})",
             config.cluster_name,

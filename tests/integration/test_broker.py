@@ -28,11 +28,19 @@ from fabric.protocol import (
     Flag,
     RequestCode,
     ResponseCode,
+    encode_reply,
     parse_reply,
+    parse_request,
 )
 from fabric.protocol import messages as m
 from fabric.protocol.frames import Buffer, Reply
-from fabric.testing import ServerProcess, run_broker, run_nameserver, write_broker_config
+from fabric.testing import (
+    ServerProcess,
+    run_broker,
+    run_nameserver,
+    spawn,
+    write_broker_config,
+)
 from fabric.transport import BlockingConnection, Connection
 
 MIB = 1024 * 1024
@@ -228,6 +236,38 @@ def own_brokers(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         for server in started:
             server.stop()
     no_errors(*started)
+
+
+def test_ready_waits_for_the_first_registration(tmp_path: Path) -> None:
+    # A client that starts right after READY must find the broker: the broker prints
+    # READY only once its first REGISTER_BROKER is answered. A fake NameServer holds
+    # that answer back to see the order.
+    ctx: zmq.Context[bytes] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    config = write_broker_config(tmp_path / "small.json")
+    broker = spawn(
+        ["broker", "--data", str(tmp_path / "data"), "--bind", "tcp://127.0.0.1:0",
+         "--nameserver", f"tcp://127.0.0.1:{port}", "--config", str(config)],
+        ready=[],
+    )  # fmt: skip
+    try:
+        assert router.poll(20_000), "no REGISTER_BROKER arrived"
+        identity, *frames = router.recv_multipart()
+        request, _ = parse_request(frames)
+        assert isinstance(request, m.RegisterBrokerRequest)
+        with pytest.raises(RuntimeError):  # not while the registration is unanswered
+            broker.wait_ready(["broker"], timeout=0.5)
+        reply = m.RegisterBrokerReply(expiry_ms=120_000)
+        router.send_multipart(
+            [identity, *encode_reply(request.request_id, ResponseCode.SUCCESS, reply)]
+        )
+        broker.wait_ready(["broker"], timeout=10.0)
+    finally:
+        broker.stop()
+        router.close(linger=0)
+        ctx.term()
 
 
 # -- send and pull -----------------------------------------------------------------------
