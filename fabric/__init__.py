@@ -2,10 +2,14 @@
 
 The blocking client API is here; ``fabric.aio`` has the same names for asyncio::
 
-    from fabric import Message, Producer, PullConsumer
+    from fabric import ConsumeStatus, Message, Producer, PushConsumer
 
     with Producer("group", nameservers="tcp://127.0.0.1:9876") as p:
         result = p.send(Message("Topic", b"body", tags="A", keys=["k1"]))
+
+    consumer = PushConsumer("group", nameservers="tcp://127.0.0.1:9876")
+    consumer.subscribe("Topic", "A || B", lambda msg: ConsumeStatus.CONSUME_SUCCESS)
+    consumer.start()
 
 The library logs through loguru but stays silent unless an entry point enables it
 (the loguru library convention): ``logger.enable("fabric")``.
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 from loguru import logger
 
-from fabric.consumer import PullConsumer
+from fabric.consumer import ConsumeStatus, PullConsumer, PushConsumer
 from fabric.errors import (
     BrokerNotRegisteredError,
     ConnectionClosedError,
@@ -40,7 +44,7 @@ from fabric.errors import (
 )
 from fabric.message import Message, MessageExt, MessageQueue, PullResult, SendResult
 from fabric.producer import Producer
-from fabric.protocol.codes import PullStatus, SendStatus
+from fabric.protocol.codes import ConsumeFrom, MessageModel, PullStatus, SendStatus
 
 logger.disable("fabric")
 
@@ -49,11 +53,14 @@ __version__ = "0.1.0"
 __all__ = [
     "BrokerNotRegisteredError",
     "ConnectionClosedError",
+    "ConsumeFrom",
+    "ConsumeStatus",
     "FabricError",
     "InvalidNameError",
     "Message",
     "MessageExt",
     "MessageIllegalError",
+    "MessageModel",
     "MessageQueue",
     "MessageTooLargeError",
     "NoPermissionError",
@@ -65,6 +72,7 @@ __all__ = [
     "PullConsumer",
     "PullResult",
     "PullStatus",
+    "PushConsumer",
     "RequestTimeoutError",
     "SendResult",
     "SendStatus",

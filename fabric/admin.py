@@ -1,4 +1,4 @@
-"""``fabric admin``: topics across the cluster (SPEC M1, O1), as a command and as a class.
+"""``fabric admin``: topics and consumer groups across the cluster (SPEC M1, M13, O1).
 
 ``fabric admin --nameserver EP[,EP...] topic create|update|delete|list ...``:
 
@@ -13,10 +13,21 @@
 
   (broker name, read and write queue counts; ``perm`` is added when not RW).
 
-Brokers are found with GET_CLUSTER_INFO and asked directly (CREATE_TOPIC, UPDATE_TOPIC,
-DELETE_TOPIC, LIST_TOPICS), so ``list`` shows a change as soon as it is made (the
-NameServers learn it with the broker's next registration). On failure the command
-prints ``fabric admin: <CODE> (<number>): <message>`` on stderr and exits 1.
+``fabric admin --nameserver EP group reset-offset|consumers ...``:
+
+* ``group reset-offset GROUP TOPIC --to earliest|latest|<ms timestamp>|<ISO time>`` sets
+  the group's committed offset of every queue of TOPIC on every broker of the topic
+  (RESET_CONSUMER_OFFSET; an ISO time without a zone is local time) and prints one line
+  per broker, ``reset GROUP TOPIC on broker-a: q0=12 q1=0 ...``; the group's push
+  consumers reopen their streams at the new offsets;
+* ``group consumers GROUP`` prints the client id of each live member, one per line
+  (GET_CONSUMER_LIST_BY_GROUP at every live master).
+
+Brokers are found with GET_CLUSTER_INFO (or, for reset-offset, the topic's route) and
+asked directly (CREATE_TOPIC, UPDATE_TOPIC, DELETE_TOPIC, LIST_TOPICS), so ``list`` shows
+a change as soon as it is made (the NameServers learn it with the broker's next
+registration). On failure the command prints ``fabric admin: <CODE> (<number>):
+<message>`` on stderr and exits 1.
 
 :class:`Admin` is the same as a blocking Python class.
 """
@@ -32,6 +43,7 @@ from typing import Any, Final
 from loguru import logger
 
 from fabric.client import ClientCore, LoopRunner
+from fabric.consumer.options import Position, parse_position
 from fabric.errors import FabricError, InvalidNameError, NoRouteError, TopicNotExistError
 from fabric.protocol.codes import Perm, RequestCode, ResponseCode
 from fabric.protocol.messages import (
@@ -39,12 +51,16 @@ from fabric.protocol.messages import (
     DEFAULT_TOPIC_PERM,
     MAX_QUEUE_NUMS,
     ClusterInfo,
+    ConsumerGroupBody,
+    ConsumerListReply,
     DeleteTopicBody,
     Empty,
+    ResetOffsetBody,
+    ResetOffsetReply,
     TopicConfig,
     TopicConfigList,
 )
-from fabric.protocol.names import check_topic
+from fabric.protocol.names import check_group, check_topic
 from fabric.routing import parse_nameservers
 from fabric.transport import DEFAULT_TIMEOUT
 
@@ -121,6 +137,41 @@ class _AdminCore:
             for config in reply.topics:
                 topics.setdefault(config.topic, {})[name] = config
         return {t: topics[t] for t in sorted(topics)}
+
+    async def reset_offset(self, body: ResetOffsetBody) -> dict[str, dict[int, int]]:
+        """RESET_CONSUMER_OFFSET at the master of every broker of the topic."""
+        routes = self.client.routes
+        route = await routes.fetch(body.topic)
+        done: dict[str, dict[int, int]] = {}
+        first: FabricError | None = None
+        for name in sorted({q.broker_name for q in route.read_queues}):
+            try:
+                address = await routes.broker_address(body.topic, name, master=True)
+                conn = self.client.connection(address)
+                reply = await conn.call(RequestCode.RESET_CONSUMER_OFFSET, body, ResetOffsetReply)
+            except FabricError as exc:
+                first = first or exc
+                continue
+            done[name] = {q.queue_id: q.offset for q in sorted(reply.offsets, key=_queue_id)}
+        if first is not None:
+            raise first
+        if not done:
+            raise NoRouteError(f"no readable queue of {body.topic}", code=ResponseCode.NO_ROUTE)
+        return done
+
+    async def consumers(self, group: str) -> list[str]:
+        """The live members of ``group``: the union of what every live master knows."""
+        found: set[str] = set()
+        body = ConsumerGroupBody(consumer_group=group)
+        for address in (await self.targets(None, None)).values():
+            conn = self.client.connection(address)
+            reply = await conn.call(RequestCode.GET_CONSUMER_LIST_BY_GROUP, body, ConsumerListReply)
+            found.update(reply.client_ids)
+        return sorted(found, key=lambda cid: cid.encode())
+
+
+def _queue_id(offset: Any) -> int:
+    return int(offset.queue_id)
 
 
 class Admin:
@@ -298,6 +349,47 @@ class Admin:
 
         return runner.run(go(), self._wait(8))
 
+    def reset_offset(
+        self, group: str, topic: str, to: Position = "earliest"
+    ) -> dict[str, dict[int, int]]:
+        """Move ``group``'s committed offsets of ``topic`` on every broker of the topic.
+
+        Args:
+            group: the consumer group.
+            topic: the topic.
+            to: ``"earliest"``, ``"latest"``, a timestamp in ms, an ISO time (local time
+                without a zone), a datetime, or a ConsumeFrom.
+
+        Returns:
+            Broker name -> {queue id -> the new committed offset}. The group's push
+            consumers reopen their streams there.
+
+        Raises:
+            InvalidNameError: a bad group or topic name.
+            ValueError: ``to`` names no position.
+            NoRouteError: no NameServer knows the topic.
+        """
+        for problem, code, name in (
+            (check_group(group), ResponseCode.INVALID_GROUP_NAME, group),
+            (check_topic(topic), ResponseCode.INVALID_TOPIC_NAME, topic),
+        ):
+            if problem is not None:
+                raise InvalidNameError(problem, code=code, name=name)
+        where, timestamp = parse_position(to)
+        body = ResetOffsetBody(
+            consumer_group=group, topic=topic, to=int(where), timestamp=timestamp
+        )
+        core, runner = self._started()
+        return runner.run(core.reset_offset(body), self._wait(8))
+
+    def consumers(self, group: str) -> list[str]:
+        """The client ids of ``group``'s live members (from every live master), sorted."""
+        problem = check_group(group)
+        if problem is not None:
+            raise InvalidNameError(problem, code=ResponseCode.INVALID_GROUP_NAME, name=group)
+        core, runner = self._started()
+        return runner.run(core.consumers(group), self._wait(8))
+
     def shutdown(self) -> None:
         """Close the connections and stop the I/O thread. Idempotent."""
         core, runner = self._core, self._runner
@@ -339,6 +431,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     objects = parser.add_subparsers(dest="object", metavar="OBJECT")
     objects.required = True
+    _add_group_arguments(objects)
     topic = objects.add_parser("topic", help="create, update, delete and list topics")
     actions = topic.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
@@ -367,6 +460,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_scope(p)
 
 
+def _add_group_arguments(objects: Any) -> None:
+    group = objects.add_parser("group", help="consumer groups: reset offsets, list members")
+    actions = group.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    text = "move a group's committed offsets of a topic"
+    p = actions.add_parser("reset-offset", help=text, description=text)
+    p.add_argument("group", metavar="GROUP")
+    p.add_argument("topic", metavar="TOPIC")
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="WHERE",
+        help="earliest, latest, a timestamp in ms, or an ISO time (local without a zone)",
+    )
+    text = "list the live members of a consumer group"
+    p = actions.add_parser("consumers", help=text, description=text)
+    p.add_argument("group", metavar="GROUP")
+
+
 def _add_scope(parser: argparse.ArgumentParser) -> None:
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--broker", metavar="NAME", help="only this broker")
@@ -390,6 +502,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(admin: Admin, args: argparse.Namespace) -> int:
+    if args.object == "group":
+        return _run_group(admin, args)
     scope = {"broker": args.broker, "cluster": args.cluster}
     if args.action in ("create", "update"):
         put = admin.create_topic if args.action == "create" else admin.update_topic
@@ -411,6 +525,18 @@ def _run(admin: Admin, args: argparse.Namespace) -> int:
         for topic, by_broker in admin.list_topics(**scope).items():
             parts = [f"{name}:{_queues(config)}" for name, config in by_broker.items()]
             print(topic, *parts)
+    return 0
+
+
+def _run_group(admin: Admin, args: argparse.Namespace) -> int:
+    if args.action == "reset-offset":
+        done = admin.reset_offset(args.group, args.topic, args.to)
+        for name, offsets in done.items():
+            parts = " ".join(f"q{q}={o}" for q, o in offsets.items())
+            print(f"reset {args.group} {args.topic} on {name}: {parts}")
+    else:
+        for client_id in admin.consumers(args.group):
+            print(client_id)
     return 0
 
 

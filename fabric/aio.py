@@ -2,18 +2,29 @@
 
 ::
 
-    from fabric import Message
-    from fabric.aio import Producer, PullConsumer
+    from fabric import ConsumeStatus, Message
+    from fabric.aio import Producer, PullConsumer, PushConsumer
 
     async with Producer("group", nameservers="tcp://127.0.0.1:9876") as p:
         result = await p.send(Message("Topic", b"body"))
         future = p.send_async(Message("Topic", b"more"))   # an asyncio.Future
         await p.send_oneway(Message("Topic", b"log line"))
 
-These classes run their core (fabric.sending, fabric.consumer.pull) on the running
-loop itself: no I/O thread and no thread hop. The sockets belong to that loop (the rule
-of fabric.iothread), so a client is used on the loop that started it, and
-``send_async`` callbacks run on that loop and must not block.
+    async def on_message(msg):             # a coroutine function: awaited on the loop
+        return ConsumeStatus.CONSUME_SUCCESS
+
+    consumer = PushConsumer("group", nameservers="tcp://127.0.0.1:9876")
+    consumer.subscribe("Topic", "*", on_message)
+    await consumer.start()
+    ...
+    await consumer.shutdown()
+
+These classes run their core (fabric.sending, fabric.consumer.pull,
+fabric.consumer.push_core) on the running loop itself: no I/O thread and no thread hop.
+The sockets belong to that loop (the rule of fabric.iothread), so a client is used on
+the loop that started it, and ``send_async`` callbacks run on that loop and must not
+block. A PushConsumer's listener may be a coroutine function (awaited on the loop, at
+most ``consume_threads`` at a time) or a plain function (called on worker threads).
 """
 
 from __future__ import annotations
@@ -26,17 +37,20 @@ from typing import Any, ClassVar, Final, Generic, TypeVar
 import zmq.asyncio
 from loguru import logger
 
+from fabric.consumer.listener import AsyncListener, Listener
 from fabric.consumer.pull import (
     DEFAULT_MAX_NUMS,
     DEFAULT_PULL_TIMEOUT,
     PullConsumerCore,
     PullConsumerFront,
 )
+from fabric.consumer.push import PushConsumerFront
+from fabric.consumer.push_core import PushConsumerCore
 from fabric.message import Message, MessageQueue, PullResult, SendResult
 from fabric.producer import ProducerFront
 from fabric.sending import ProducerCore, SendCallback
 
-__all__ = ["Producer", "PullConsumer"]
+__all__ = ["Producer", "PullConsumer", "PushConsumer"]
 
 _CLOSE_TIMEOUT: Final = 5.0
 
@@ -265,3 +279,66 @@ class PullConsumer(PullConsumerFront, _AsyncFront[PullConsumerCore]):
     async def shutdown(self) -> None:
         """Close the connections. Idempotent."""
         await self._stop(lambda core: asyncio.wait_for(core.close(), _CLOSE_TIMEOUT))
+
+
+class PushConsumer(PushConsumerFront, _AsyncFront[PushConsumerCore]):
+    """An asyncio push consumer; arguments as ``fabric.PushConsumer``, start and shutdown
+    awaitable. A listener may be a coroutine function (awaited on the loop) or a plain
+    function (called on worker threads)."""
+
+    _noun = "consumer"
+    _role = "push consumer"
+    _allow_async = True
+
+    def _started(self) -> PushConsumerCore:
+        core = self._core
+        if core is None:
+            raise RuntimeError("the consumer is not started")
+        _check_loop(core.loop)
+        return core
+
+    def subscribe(
+        self,
+        topic: str,
+        expression: str | None = None,
+        listener: Listener | AsyncListener | None = None,
+        *,
+        sql: str | None = None,
+    ) -> None:
+        """As ``fabric.PushConsumer.subscribe``; the listener may be a coroutine function.
+
+        Subscribing after :meth:`start` takes effect at the next rebalance.
+        """
+        sub = self._subscription(topic, expression, listener, sql)
+        self._subscriptions[topic] = sub
+        core = self._core
+        if core is not None:
+            _check_loop(core.loop)
+            core.subscribe(sub)
+
+    async def start(self) -> PushConsumer:
+        """Join the group, take this consumer's queues and start consuming. Returns self."""
+        await super().start()
+        core = self._started()
+        try:
+            await core.start()
+        except BaseException:
+            await self.shutdown()
+            raise
+        return self
+
+    def assignment(self) -> list[MessageQueue]:
+        """The queues this consumer consumes now (streams open), sorted."""
+        return self._started().assignment()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Let listeners finish (up to ``timeout``, default ``shutdown_timeout``), commit,
+        close the streams and leave the group. Idempotent."""
+        core = self._core
+        if core is None:
+            return
+        wait = self.options.shutdown_timeout if timeout is None else timeout
+        limit = self._close_timeout(timeout)
+        await self._stop(lambda c: asyncio.wait_for(c.close(wait), limit))
+        for pool in core.dispatchers():
+            await asyncio.to_thread(pool.join, _CLOSE_TIMEOUT)

@@ -27,7 +27,7 @@ from loguru import logger
 from fabric.errors import ConnectionClosedError, RequestTimeoutError
 from fabric.iothread import IOThread
 from fabric.routing import DEFAULT_ROUTE_REFRESH, RouteCache
-from fabric.transport import DEFAULT_TIMEOUT, Connection
+from fabric.transport import DEFAULT_TIMEOUT, Connection, PushCallback
 
 __all__ = ["GRACE", "ClientCore", "LoopRunner", "new_future"]
 
@@ -180,6 +180,9 @@ class ClientCore:
         )
         self._connections: dict[str, Connection] = {}
         self.closed = False
+        #: Where frames that brokers push (Flag.PUSH) go: a push consumer sets it before
+        #: its first connection is made.
+        self.on_push: PushCallback | None = None
 
     def start(self) -> None:
         """Start the periodic route refresh."""
@@ -195,7 +198,9 @@ class ClientCore:
         if conn is None or conn.closed:
             if self.closed:
                 raise ConnectionClosedError("the client is shut down", address=address)
-            conn = Connection(self.context, address, timeout=self.timeout, monitor=True)
+            conn = Connection(
+                self.context, address, timeout=self.timeout, monitor=True, on_push=self.on_push
+            )
             self._connections[address] = conn
         return conn
 

@@ -19,6 +19,11 @@ coroutine (one asyncio future per request), and :meth:`Connection.request_callba
 calls a plain function with the reply or the error, with no coroutine, task or future
 per request: the producer's hot path (issue 3: many sends in flight, one loop).
 
+A broker may also send messages that answer no request (docs/PROTOCOL.md section 13.1):
+they have Flag.PUSH set beside RESPONSE, and go to the ``on_push`` callback given to
+the connection, never to the table of waiters. Telling them apart costs one bit test on
+the header the reader parses anyway.
+
 With ``monitor=True`` a connection watches its socket's ZeroMQ monitor events: when the
 server goes away (EVENT_DISCONNECTED, or a failed connect attempt) every request in flight
 fails at once with ConnectionClosedError instead of waiting for its deadline, and new
@@ -80,6 +85,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "BlockingConnection",
     "Connection",
+    "PushCallback",
     "bind_router",
     "send_to",
 ]
@@ -97,6 +103,10 @@ _FIRST_REQUEST_ID: Final = 1
 
 #: What :meth:`Connection.request_callback` hands its callback: the reply, or the error.
 ReplyCallback = Callable[["Reply | FabricError"], object]
+#: ``on_push(code, stream_id, body, frames)``: a frame with Flag.PUSH (a RequestCode, the
+#: stream id or 0, the body still encoded, the frames after frame 0).
+PushCallback = Callable[[int, int, msgspec.Raw, list[Buffer]], object]
+_PUSH: Final = int(Flag.PUSH)
 
 # Monitor events: the connection is up / the server went away / a connect attempt failed.
 _UP: Final = zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -197,6 +207,8 @@ class Connection:
         routing_id: an explicit ZeroMQ routing id (default: one chosen by libzmq).
         monitor: watch the connection and fail requests at once when the server goes
             away (see the module docstring).
+        on_push: called on the loop with each frame the server pushes (Flag.PUSH);
+            without it such frames are dropped.
 
     Raises:
         RuntimeError: created outside a running asyncio loop.
@@ -211,9 +223,11 @@ class Connection:
         hwm: int = _DEFAULT_HWM,
         routing_id: bytes | None = None,
         monitor: bool = False,
+        on_push: PushCallback | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._on_push = on_push
         self.endpoint = endpoint
         self.timeout = timeout
         self._ids = itertools.count(_FIRST_REQUEST_ID)
@@ -354,6 +368,12 @@ class Connection:
                 waiter.set_exception(ProtocolError(exc.remark, address=self.endpoint))
             else:
                 logger.warning("connection {}: dropped a bad reply: {}", self.endpoint, exc)
+            return
+        if reply.flags & _PUSH:
+            if self._on_push is not None:
+                self._on_push(reply.code, reply.request_id, reply.body, reply.frames)
+            else:
+                logger.debug("connection {}: dropped a push ({})", self.endpoint, reply.code)
             return
         waiter = self._pending.pop(reply.request_id, None)
         if waiter is None or waiter.done():

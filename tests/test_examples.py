@@ -56,6 +56,11 @@ def test_every_example_is_covered() -> None:
         "send_batch.py",
         "send_ordered.py",
         "pull_consumer.py",
+        "push_consumer.py",
+        "broadcasting_consumer.py",
+        "ordered_consumer.py",
+        "tag_filter.py",
+        "sql_filter.py",
     }
 
 
@@ -103,3 +108,44 @@ def test_pull_consumer_reads_what_was_sent_and_commits(fabric_endpoint: str) -> 
     # The offsets were committed: a second run of the same group finds nothing new.
     again = run_example("pull_consumer.py", "--nameserver", fabric_endpoint, "--topic", "ExPull")
     assert "read 0 messages" in again
+
+
+def test_push_consumer(fabric_endpoint: str) -> None:
+    args = ("--nameserver", fabric_endpoint, "--topic", "ExPush", "--count", "20")
+    out = run_example("push_consumer.py", *args)
+    assert out.count(": hello ") == 20
+    assert "consumed 20 of 20 messages" in out
+    # The group committed its offsets: a second run consumes only its own messages.
+    again = run_example("push_consumer.py", *args)
+    assert "consumed 20 of 20 messages (and 0 of earlier runs)" in again
+
+
+def test_broadcasting_consumer(fabric_endpoint: str, tmp_path: Path) -> None:
+    args = ("--nameserver", fabric_endpoint, "--topic", "ExBroadcast")
+    out = run_example("broadcasting_consumer.py", *args, "--offset-dir", str(tmp_path))
+    assert "instance a consumed 10 of 10 messages (and 0 of earlier runs)" in out
+    assert "instance b consumed 10 of 10 messages (and 0 of earlier runs)" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "example-broadcast@a.json",
+        "example-broadcast@b.json",
+    ]
+    # Restarted, each instance carries on from its own offset file.
+    out = run_example("broadcasting_consumer.py", *args, "--offset-dir", str(tmp_path))
+    assert "instance a consumed 10 of 10 messages (and 0 of earlier runs)" in out
+    assert "instance b consumed 10 of 10 messages (and 0 of earlier runs)" in out
+
+
+def test_ordered_consumer(fabric_endpoint: str) -> None:
+    out = run_example("ordered_consumer.py", "--nameserver", fabric_endpoint, "--topic", "ExOrd")
+    assert out.count("created -> paid -> shipped -> delivered") == 4
+
+
+def test_tag_filter(fabric_endpoint: str) -> None:
+    out = run_example("tag_filter.py", "--nameserver", fabric_endpoint, "--topic", "ExTags")
+    assert "received by tag: {'TagA': 5, 'TagB': 4}" in out
+
+
+def test_sql_filter(fabric_endpoint: str) -> None:
+    out = run_example("sql_filter.py", "--nameserver", fabric_endpoint, "--topic", "ExSql")
+    assert "refused at subscribe time:" in out and "column" in out
+    assert "received 3 messages, expected 3" in out

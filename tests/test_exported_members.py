@@ -8,11 +8,14 @@ import fabric.aio
 EXPECTED = [
     "BrokerNotRegisteredError",
     "ConnectionClosedError",
+    "ConsumeFrom",
+    "ConsumeStatus",
     "FabricError",
     "InvalidNameError",
     "Message",
     "MessageExt",
     "MessageIllegalError",
+    "MessageModel",
     "MessageQueue",
     "MessageTooLargeError",
     "NoPermissionError",
@@ -24,6 +27,7 @@ EXPECTED = [
     "PullConsumer",
     "PullResult",
     "PullStatus",
+    "PushConsumer",
     "RequestTimeoutError",
     "SendResult",
     "SendStatus",
@@ -51,9 +55,11 @@ def test_every_exported_name_exists_and_is_public() -> None:
 
 
 def test_the_asyncio_api_has_the_same_client_names() -> None:
-    assert fabric.aio.__all__ == ["Producer", "PullConsumer"]
+    assert fabric.aio.__all__ == ["Producer", "PullConsumer", "PushConsumer"]
     blocking, awaitable = fabric.Producer, fabric.aio.Producer
     for name in ("start", "send", "send_async", "send_oneway", "send_batch", "flush", "shutdown"):
         assert hasattr(blocking, name) and hasattr(awaitable, name), name
     for name in ("start", "queues", "pull", "commit", "committed", "shutdown"):
         assert hasattr(fabric.PullConsumer, name) and hasattr(fabric.aio.PullConsumer, name), name
+    for name in ("start", "subscribe", "assignment", "shutdown"):
+        assert hasattr(fabric.PushConsumer, name) and hasattr(fabric.aio.PushConsumer, name), name

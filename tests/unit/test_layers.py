@@ -87,6 +87,8 @@ CLIENT = sorted(
 _CLIENT_MODULES = (
     "fabric.protocol",
     "fabric.errors",
+    # Filters (pure: fabric.errors and the stdlib): consumers check expressions at subscribe.
+    "fabric.filters",
     "fabric.transport",
     "fabric.iothread",
     "fabric.direct",
