@@ -1,12 +1,15 @@
 """The broker's storage engine: an mmap CommitLog with ConsumeQueues and an Index.
 
+``TimerStore`` (timer_wheel.py), the persisted timing wheel of timed messages, is opened
+by the broker beside the ``MessageStore`` (in ``<root>/timer``); see docs/STORAGE.md.
+
 Imports only the standard library, loguru and msgspec (a test enforces it): the
 network layers sit above and speak to the store through ``MessageStore``.
 """
 
 from __future__ import annotations
 
-from .config import FlushMode, StoreConfig
+from .config import FlushMode, StoreConfig, TimerConfig
 from .errors import ConfigError, CorruptRecordError, StoreClosedError, StoreError, StoreLockedError
 from .message_store import MessageStore, RecoveryReport, StoreStats
 from .messages import (
@@ -20,6 +23,7 @@ from .messages import (
     decode_message,
 )
 from .record import tag_hash
+from .timer_wheel import TimerEntry, TimerRecovery, TimerStore, due_second
 
 __all__ = [
     "ConfigError",
@@ -39,6 +43,11 @@ __all__ = [
     "StoreLockedError",
     "StoreStats",
     "StoredMessage",
+    "TimerConfig",
+    "TimerEntry",
+    "TimerRecovery",
+    "TimerStore",
     "decode_message",
+    "due_second",
     "tag_hash",
 ]

@@ -8,7 +8,7 @@ import msgspec
 
 from .errors import ConfigError
 
-__all__ = ["FlushMode", "StoreConfig"]
+__all__ = ["FlushMode", "StoreConfig", "TimerConfig"]
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -83,4 +83,27 @@ class StoreConfig(msgspec.Struct, kw_only=True, frozen=True):
             raise ConfigError("need 0 < disk_clean_ratio <= disk_full_ratio <= 1")
         if self.recover_segments < 1:
             raise ConfigError("recover_segments must be at least 1")
+        return self
+
+
+class TimerConfig(msgspec.Struct, kw_only=True, frozen=True):
+    """Knobs of the timer store (timer_wheel.py): the wheel's size and the TimerLog's files."""
+
+    #: Slots of the timing wheel, one per second: the horizon within which an entry is filed
+    #: directly under its due second. Seven days (604,800 slots, 14.5 MB) covers the delays
+    #: the issue requires without a single roll; the broker's default maximum (30 days) rolls
+    #: an entry at most four times. RocketMQ 5 sizes its wheel the same way.
+    wheel_seconds: int = 7 * 86_400
+    #: TimerLog records per segment file (48 bytes each; the last one is the seal). 131,072
+    #: gives 6 MiB files: small enough that retention frees space soon after delivery.
+    log_entries_per_file: int = 1 << 17
+
+    def validate(self) -> TimerConfig:
+        """Raise ConfigError for an out-of-range value; return self."""
+        if self.wheel_seconds < 2:
+            raise ConfigError(f"wheel_seconds must be at least 2, got {self.wheel_seconds}")
+        if self.log_entries_per_file < 4:
+            raise ConfigError(
+                f"log_entries_per_file must be at least 4, got {self.log_entries_per_file}"
+            )
         return self

@@ -438,9 +438,10 @@ class MessageStore:
                 keys = msg.keys
                 uniq = msg.uniq_id
                 props = msg.properties
+                sys_props = msg.sys
                 props_b = (
-                    _encode_props(RecordProperties(tags, keys, uniq, props))
-                    if tags or keys or uniq or props
+                    _encode_props(RecordProperties(tags, keys, uniq, props, sys_props))
+                    if tags or keys or uniq or props or sys_props
                     else b""
                 )
                 if len(body) > max_body or len(props_b) > max_props:

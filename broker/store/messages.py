@@ -72,6 +72,8 @@ class PutMessage(msgspec.Struct, kw_only=True):
     born_host: str = ""
     reconsume_times: int = 0
     prepared_tx_offset: int = 0
+    #: System properties (REAL_TOPIC, DELIVER_AT, ...): set by brokers only, never by clients.
+    sys: dict[str, str] = {}
 
 
 class PutResult(msgspec.Struct, frozen=True):
@@ -122,6 +124,8 @@ class StoredMessage(msgspec.Struct, frozen=True):
     store_host: str
     reconsume_times: int
     prepared_tx_offset: int
+    #: System properties written by a broker (empty for ordinary messages).
+    sys: dict[str, str] = {}
 
 
 class DroppedRange(msgspec.Struct, frozen=True):
@@ -182,4 +186,5 @@ def decode_message(record: bytes | memoryview) -> StoredMessage:
         store_host=decode_host(store_addr, store_port),
         reconsume_times=reconsume,
         prepared_tx_offset=prepared,
+        sys=props.sys,
     )

@@ -33,9 +33,13 @@ bytes from the marker to the end of the segment) and the record goes to the next
 segment, which starts at the next multiple of the segment size. A total_size of zero
 means "nothing written here yet" (segments are preallocated with zeros).
 
-PROPERTIES is a MessagePack map with string keys, each optional: ``"tags"`` (str),
-``"keys"`` (array of str), ``"uniq_id"`` (str, the producer's unique message id) and
-``"props"`` (map of str to str, the user's properties).
+PROPERTIES is a MessagePack map with string keys, each optional and left out when
+empty: ``"tags"`` (str), ``"keys"`` (array of str), ``"uniq_id"`` (str, the producer's
+unique message id), ``"props"`` (map of str to str, the user's properties) and ``"sys"``
+(map of str to str, system properties written only by brokers: REAL_TOPIC, REAL_QID,
+DELIVER_AT, ORIGIN_TOPIC, PGROUP, TRAN_CHECKS, DLQ_REASON; docs/PROTOCOL.md section 14).
+A record without system properties has no ``"sys"`` key, so its bytes are those of a
+record written before the field existed.
 """
 
 from __future__ import annotations
@@ -99,12 +103,18 @@ SYSFLAG_TRANSACTION_ROLLBACK: Final = 0xC
 
 
 class RecordProperties(msgspec.Struct, omit_defaults=True):
-    """The properties part of a record; absent fields take their defaults."""
+    """The properties part of a record; absent fields take their defaults.
+
+    Fields are encoded in this order and only when not empty (``omit_defaults``); new
+    fields go last, so records without them keep their exact bytes.
+    """
 
     tags: str = ""
     keys: list[str] = []
     uniq_id: str = ""
     props: dict[str, str] = {}
+    #: System properties, written only by brokers (docs/PROTOCOL.md section 14).
+    sys: dict[str, str] = {}
 
 
 _props_encoder = msgspec.msgpack.Encoder()
@@ -112,11 +122,26 @@ _props_decoder = msgspec.msgpack.Decoder(RecordProperties)
 _EMPTY_PROPS = RecordProperties()
 
 
-def encode_properties(tags: str, keys: list[str], uniq_id: str, props: dict[str, str]) -> bytes:
-    """Encode the properties part; empty bytes when every field is empty."""
-    if not (tags or keys or uniq_id or props):
+def encode_properties(
+    tags: str,
+    keys: list[str],
+    uniq_id: str,
+    props: dict[str, str],
+    *,
+    sys: dict[str, str] | None = None,
+) -> bytes:
+    """Encode the properties part; empty bytes when every field is empty.
+
+    Args:
+        tags: the message's tags.
+        keys: its keys.
+        uniq_id: the producer's unique message id.
+        props: the user's properties.
+        sys: system properties (brokers only); None or empty writes no ``sys`` key.
+    """
+    if not (tags or keys or uniq_id or props or sys):
         return b""
-    return _props_encoder.encode(RecordProperties(tags, keys, uniq_id, props))
+    return _props_encoder.encode(RecordProperties(tags, keys, uniq_id, props, sys or {}))
 
 
 def decode_properties(data: bytes | memoryview) -> RecordProperties:

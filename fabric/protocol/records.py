@@ -27,7 +27,7 @@ store wrote. Every integer is big-endian::
     106     4  properties_length     uint32   P
     110     4  body_length           uint32   B
     114     T  topic                 UTF-8
-    114+T   P  properties            MessagePack map: tags, keys, uniq_id, props (all optional)
+    114+T   P  properties            MessagePack map: tags, keys, uniq_id, props, sys (optional)
     114+T+P B  body                  bytes, as the producer sent them (maybe compressed)
 
 :func:`decode_record` checks the structure (magic, lengths) always and the CRC on
@@ -69,6 +69,7 @@ class _Properties(msgspec.Struct):
     keys: list[str] = []
     uniq_id: str = ""
     props: dict[str, str] = {}
+    sys: dict[str, str] = {}
 
 
 _EMPTY_PROPERTIES: Final = _Properties()
@@ -96,6 +97,8 @@ class Record(msgspec.Struct, frozen=True):
     store_host: str
     reconsume_times: int
     prepared_tx_offset: int
+    #: System properties a broker wrote (REAL_TOPIC, ORIGIN_TOPIC, ...; docs/PROTOCOL.md 14).
+    sys: dict[str, str] = {}
 
 
 # Hosts repeat (a few producers, one broker): decode each distinct address once.
@@ -187,4 +190,5 @@ def decode_record(data: bytes | bytearray | memoryview, *, verify_crc: bool = Fa
         store_host=_host(store_addr, store_port),
         reconsume_times=reconsume,
         prepared_tx_offset=prepared,
+        sys=props.sys,
     )

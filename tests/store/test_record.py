@@ -6,6 +6,7 @@ import re
 import struct
 import zlib
 
+import msgspec
 import pytest
 
 from broker.store import PutMessage, StoreConfig, decode_message, tag_hash
@@ -227,3 +228,64 @@ def test_store_config_validation() -> None:
         StoreConfig(segment_size=64 * 1024, max_message_size=8 * 1024).validate()
     with pytest.raises(ConfigError):
         small_config(disk_clean_ratio=0.95, disk_full_ratio=0.9).validate()
+
+
+def test_properties_without_sys_keep_their_bytes() -> None:
+    # The bytes a record had before the ``sys`` field existed: a map of the non-empty
+    # fields, in this order (pinned, so that old records and new ones stay identical).
+    old_layout = msgspec.msgpack.encode(
+        {"tags": "t", "keys": ["k"], "uniq_id": "u", "props": {"a": "b"}}
+    )
+    assert rec.encode_properties("t", ["k"], "u", {"a": "b"}) == old_layout
+    assert rec.encode_properties("t", ["k"], "u", {"a": "b"}, sys={}) == old_layout
+    assert rec.encode_properties("", [], "", {}) == b""
+    assert rec.encode_properties("", [], "", {}, sys=None) == b""
+
+
+def test_sys_is_encoded_last_and_decoded() -> None:
+    raw = rec.encode_properties("t", [], "", {"a": "b"}, sys={"REAL_TOPIC": "T", "REAL_QID": "3"})
+    assert raw == msgspec.msgpack.encode(
+        {"tags": "t", "props": {"a": "b"}, "sys": {"REAL_TOPIC": "T", "REAL_QID": "3"}}
+    )
+    got = rec.decode_properties(raw)
+    assert (got.tags, got.props, got.sys) == ("t", {"a": "b"}, {"REAL_TOPIC": "T", "REAL_QID": "3"})
+    assert rec.decode_properties(rec.encode_properties("", [], "", {}, sys={"X": ""})).sys == {
+        "X": ""
+    }
+
+    class Before(msgspec.Struct):  # a decoder written before ``sys``: it skips the key
+        tags: str = ""
+        keys: list[str] = []
+        uniq_id: str = ""
+        props: dict[str, str] = {}
+
+    assert msgspec.msgpack.decode(raw, type=Before) == Before(tags="t", props={"a": "b"})
+
+
+def test_sys_round_trips_through_the_store(stores: Stores) -> None:
+    store = stores.open()
+    plain = put_ok(store, PutMessage(topic="T", queue_id=0, body=b"x", tags="a"))
+    timed = put_ok(
+        store,
+        PutMessage(
+            topic="%TIMER%",
+            queue_id=0,
+            body=b"x",
+            tags="a",
+            sys={"REAL_TOPIC": "T", "REAL_QID": "0", "DELIVER_AT": "1700000000000"},
+        ),
+    )
+    only_sys = put_ok(store, PutMessage(topic="%HALF%", queue_id=0, body=b"", sys={"PGROUP": "g"}))
+    got = [store.get_message(r.physical_offset) for r in (plain, timed, only_sys)]
+    assert [m.sys for m in got if m is not None] == [
+        {},
+        {"REAL_TOPIC": "T", "REAL_QID": "0", "DELIVER_AT": "1700000000000"},
+        {"PGROUP": "g"},
+    ]
+    # The plain record is exactly as long as before; the system properties cost their bytes.
+    assert timed.size > plain.size + len("%TIMER%") - 1
+    assert only_sys.size > rec.HEADER_LEN + len("%HALF%")
+    store.close()
+    again = stores.open()  # recovery reads them like any other property
+    reread = again.get_message(timed.physical_offset)
+    assert reread is not None and reread.sys["REAL_TOPIC"] == "T"

@@ -58,6 +58,24 @@ def _puts() -> list[PutMessage]:
         PutMessage(
             topic="%RETRY%group-1", queue_id=0, body=bytes(range(256)) * 40, born_host="[::1]:9"
         ),
+        # System properties (PROTOCOL.md 14), alone and beside every other property.
+        PutMessage(
+            topic="%RETRY%group-1",
+            queue_id=0,
+            body=b"retry",
+            reconsume_times=1,
+            sys={"ORIGIN_TOPIC": "T", "DELIVER_AT": "1700000000123"},
+        ),
+        PutMessage(
+            topic="%RETRY%group-1",
+            queue_id=0,
+            body=b"everything",
+            tags="TagB",
+            keys=["k3"],
+            uniq_id="U",
+            properties={"p": "v"},
+            sys={"ORIGIN_TOPIC": "T", "DLQ_REASON": "max reconsume times 16 reached \u2603"},
+        ),
     ]
 
 
@@ -73,10 +91,31 @@ def _records(store: MessageStore) -> list[bytes]:
 
 
 def test_decoder_agrees_with_the_store(store: MessageStore) -> None:
-    for raw in _records(store):
+    records = _records(store)
+    for raw in records:
         ours = decode_record(raw, verify_crc=True)
         theirs = decode_message(raw)
         assert msgspec.structs.asdict(ours) == msgspec.structs.asdict(theirs)
+    # The comparison covers the system properties too: some records carry them.
+    assert [decode_record(r).sys for r in records[5:]] == [p.sys for p in _puts()[5:]]
+    assert all(decode_record(r).sys == {} for r in records[:5])
+
+
+def test_system_properties_come_back_beside_the_others(store: MessageStore) -> None:
+    records = [decode_record(r) for r in _records(store)]
+    retry, full = records[5], records[6]
+    assert retry.sys == {"ORIGIN_TOPIC": "T", "DELIVER_AT": "1700000000123"}
+    assert (retry.tags, retry.keys, retry.uniq_id, retry.properties) == ("", [], "", {})
+    assert retry.reconsume_times == 1
+    assert (full.tags, full.keys, full.uniq_id, full.properties) == (
+        "TagB",
+        ["k3"],
+        "U",
+        {"p": "v"},
+    )
+    assert full.sys["DLQ_REASON"] == "max reconsume times 16 reached \u2603"
+    # Not user properties: the two maps stay apart.
+    assert "ORIGIN_TOPIC" not in full.properties
 
 
 def test_record_fields_are_what_was_put(store: MessageStore) -> None:
