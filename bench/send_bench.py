@@ -42,7 +42,6 @@ import argparse
 import concurrent.futures
 import datetime
 import json
-import math
 import os
 import platform
 import shutil
@@ -60,6 +59,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import msgspec
 import zmq
 
+from bench.peers.common import machine_busy, percentile
 from fabric import Message, Producer, PullConsumer, SendResult, SendStatus
 from fabric.protocol.codes import PROTOCOL_VERSION, RequestCode
 from fabric.protocol.messages import SendMessageBody
@@ -110,14 +110,6 @@ while True:
 # ---------------------------------------------------------------------------------------
 
 
-def percentile(sorted_values: list[int], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
-    return float(sorted_values[rank - 1])
-
-
 def latency_figures(samples_ns: list[int]) -> dict[str, float]:
     s = sorted(samples_ns)
     return {
@@ -158,17 +150,6 @@ def thread_cpu(pid: int) -> dict[str, float]:
         group = "main" if int(tid) == pid else "zmq" if comm.startswith("ZMQbg") else "other"
         out[group] += seconds
     return out
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs together, from /proc/stat (idle and iowait idle)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as fh:
-            values = [float(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0.0, 0.0
-    idle = values[3] + (values[4] if len(values) > 4 else 0.0)
-    return sum(values) - idle, sum(values)
 
 
 class CpuMeter:

@@ -202,6 +202,19 @@ class Group:
     scenarios: Sequence[Scenario]
 
 
+def single_row(
+    name: str,
+    server: Callable[[Path], contextlib.AbstractContextManager[Mapping[str, Any]]],
+    module: str,
+    label: str,
+    durability: str,
+    **fields: Any,
+) -> list[Group]:
+    """``groups()`` of a peer with one server and one row: group, key and peer ``name``."""
+    row = Scenario(key=name, peer=name, label=label, durability=durability, module=module, **fields)
+    return [Group(name=name, server=server, scenarios=[row])]
+
+
 def payload(size: int) -> bytes:
     """The body every peer sends: ``size`` incompressible bytes (the same in one process)."""
     return os.urandom(size)
@@ -229,6 +242,44 @@ def wait_for(
         if time.monotonic() > deadline:
             raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def time_round_trips(
+    job: Job,
+    out: Outcome,
+    one: Callable[[], Any],
+    check: Callable[[Any], None] | None = None,
+    warmup: int | None = None,
+) -> None:
+    """The loop of every sync-latency job: one call of ``one()`` in flight at a time.
+
+    ``warmup`` unmeasured calls (default ``job.warmup``), then up to ``job.samples``
+    timed ones into ``out.latencies_ns``, stopping early once ``job.cap_s`` seconds have
+    passed; sets ``out.first`` and ``out.last``. ``check`` gets each timed call's result,
+    outside the timing.
+    """
+    samples = out.latencies_ns
+    clock = time.perf_counter_ns
+    for _ in range(job.warmup if warmup is None else warmup):
+        one()
+    out.first = time.monotonic()
+    stop = out.first + job.cap_s
+    for _ in range(job.samples):
+        began = clock()
+        result = one()
+        samples.append(clock() - began)
+        if check is not None:
+            check(result)
+        if time.monotonic() > stop:
+            break
+    out.last = time.monotonic()
+
+
+def missing_binary(binary: str, package: str) -> list[str]:
+    """[] when ``binary`` is on PATH, else the line saying which Debian package has it."""
+    if shutil.which(binary) is None:
+        return [f"no {binary} on PATH (Debian package {package})"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------
@@ -424,6 +475,27 @@ def running(server: ServerProcess) -> Iterator[ServerProcess]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def serving(
+    name: str,
+    args: Sequence[str],
+    log: Path,
+    ready: Callable[[], bool],
+    *,
+    env: Mapping[str, str] | None = None,
+    idle: bool = True,
+) -> Iterator[ServerProcess]:
+    """Start a ServerProcess, wait until ``ready()``, then (``idle``) until it is idle.
+
+    The server is stopped however the block ends, its start included.
+    """
+    with running(ServerProcess(name, args, log, env=env)) as proc:
+        proc.wait_ready(ready)
+        if idle:
+            wait_idle(proc.pid, name)
+        yield proc
 
 
 # ---------------------------------------------------------------------------------------

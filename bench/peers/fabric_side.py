@@ -40,6 +40,7 @@ from bench.peers.common import (
     check_counts,
     check_equal,
     payload,
+    time_round_trips,
     wait_for,
     wait_idle,
 )
@@ -138,6 +139,11 @@ def _check_results(results: list[SendResult], job: Job, what: str) -> None:
     check_equal(f"{what}: SEND_OK results", len(results), job.count)
 
 
+def _check_sent(result: SendResult) -> None:
+    if result.status is not SendStatus.SEND_OK:
+        raise CountMismatchError(f"send returned {result.status}")
+
+
 def _new_producer(job: Job) -> Producer:
     producer = Producer(PRODUCER_GROUP, nameservers=job.params["nameserver"], send_timeout=30.0)
     producer.start()
@@ -195,24 +201,9 @@ def sync_latency(job: Job, ready: Ready) -> Outcome:
     """``Producer.send``, one at a time: ``job.samples`` sends (capped at ``job.cap_s``)."""
     msg = Message(job.dest, payload(job.size))
     out = Outcome()
-    samples = out.latencies_ns
-    clock = time.perf_counter_ns
     with _new_producer(job) as producer:
-        send = producer.send
-        for _ in range(job.warmup):
-            send(msg)
-        out.first = time.monotonic()
-        stop = out.first + job.cap_s
-        for _ in range(job.samples):
-            began = clock()
-            result = send(msg)
-            samples.append(clock() - began)
-            if result.status is not SendStatus.SEND_OK:
-                raise CountMismatchError(f"send returned {result.status}")
-            if time.monotonic() > stop:
-                break
-        out.last = time.monotonic()
-    sent = job.warmup + len(samples)
+        time_round_trips(job, out, partial(producer.send, msg), check=_check_sent)
+    sent = job.warmup + len(out.latencies_ns)
     out.messages = stored(job.params["nameserver"], job.dest)
     out.bytes = out.messages * job.size
     check_counts("stored after sync sends", out.messages, out.bytes, sent, job.size)
@@ -253,82 +244,76 @@ def consume_messages(
     (the offset commit) of the last message was answered. Raises CountMismatchError if
     messages or bytes differ, or a queue's committed offset is not at its end.
     """
-    return asyncio.run(_consume(nameserver, topic, group, count, size, ready, timeout))
 
-
-async def _consume(
-    nameserver: str,
-    topic: str,
-    group: str,
-    count: int,
-    size: int,
-    ready: Ready,
-    timeout: float,
-) -> Outcome:
-    out = Outcome()
-    consumer = fabric_aio.PullConsumer(group, nameservers=nameserver)
-    await consumer.start()
-    try:
-        queues = await consumer.queues(topic)
-        done = asyncio.Event()
-        state = {"messages": 0, "bytes": 0, "acked": 0}
-
-        async def commit(mq: MessageQueue, offset: int, n: int) -> None:
-            await consumer.commit(mq, offset)
-            state["acked"] += n
-            if state["acked"] >= count:
-                out.last = time.monotonic()
-                done.set()
-
-        async def drain(mq: MessageQueue) -> None:
-            offset = 0
-            committing: asyncio.Task[None] | None = None
-            while True:
-                res = await consumer.pull(mq, offset, max_nums=PULL_BATCH, timeout=PULL_WAIT)
-                if res.status is PullStatus.FOUND:
-                    msgs = res.messages
-                    state["messages"] += len(msgs)
-                    state["bytes"] += sum(len(m.body) for m in msgs)
-                    offset = res.next_offset
-                    if committing is not None:
-                        await committing
-                    committing = asyncio.ensure_future(commit(mq, offset, len(msgs)))
-                elif res.status is PullStatus.NO_MATCHED_MSG:
-                    offset = res.next_offset
-                elif res.status is not PullStatus.NO_NEW_MSG:
-                    raise BenchError(f"pull of {mq} at {offset}: {res.status}")
-
-        out.first = time.monotonic()
-        tasks = [asyncio.ensure_future(drain(mq)) for mq in queues]
-        ready(None)
-        finished = asyncio.ensure_future(done.wait())
+    async def run() -> Outcome:
+        out = Outcome()
+        consumer = fabric_aio.PullConsumer(group, nameservers=nameserver)
+        await consumer.start()
         try:
-            await asyncio.wait(
-                [finished, *tasks], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            queues = await consumer.queues(topic)
+            done = asyncio.Event()
+            state = {"messages": 0, "bytes": 0, "acked": 0}
+
+            async def commit(mq: MessageQueue, offset: int, n: int) -> None:
+                await consumer.commit(mq, offset)
+                state["acked"] += n
+                if state["acked"] >= count:
+                    out.last = time.monotonic()
+                    done.set()
+
+            async def drain(mq: MessageQueue) -> None:
+                offset = 0
+                committing: asyncio.Task[None] | None = None
+                while True:
+                    res = await consumer.pull(mq, offset, max_nums=PULL_BATCH, timeout=PULL_WAIT)
+                    if res.status is PullStatus.FOUND:
+                        msgs = res.messages
+                        state["messages"] += len(msgs)
+                        state["bytes"] += sum(len(m.body) for m in msgs)
+                        offset = res.next_offset
+                        if committing is not None:
+                            await committing
+                        committing = asyncio.ensure_future(commit(mq, offset, len(msgs)))
+                    elif res.status is PullStatus.NO_MATCHED_MSG:
+                        offset = res.next_offset
+                    elif res.status is not PullStatus.NO_NEW_MSG:
+                        raise BenchError(f"pull of {mq} at {offset}: {res.status}")
+
+            out.first = time.monotonic()
+            tasks = [asyncio.ensure_future(drain(mq)) for mq in queues]
+            ready(None)
+            finished = asyncio.ensure_future(done.wait())
+            try:
+                await asyncio.wait(
+                    [finished, *tasks], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for task in (finished, *tasks):
+                    task.cancel()
+                outcomes = await asyncio.gather(finished, *tasks, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, Exception) and not isinstance(
+                    outcome, asyncio.CancelledError
+                ):
+                    raise outcome
+            if not done.is_set():
+                raise CountMismatchError(
+                    f"{state['acked']} of {count} messages read and acked within {timeout}s"
+                )
+            out.messages, out.bytes = state["messages"], state["bytes"]
+            check_counts("consumed", out.messages, out.bytes, count, size)
+            # Nothing left unacknowledged, and nothing stored beyond what was read.
+            for mq in queues:
+                committed, end = await consumer.committed(mq), await consumer.max_offset(mq)
+                if end == 0 and committed == -1:
+                    continue  # an empty queue: nothing to commit
+                check_equal(f"committed offset of queue {mq.queue_id} (its end)", committed, end)
+            out.extra["queues"] = len(queues)
         finally:
-            for task in (finished, *tasks):
-                task.cancel()
-            outcomes = await asyncio.gather(finished, *tasks, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, Exception) and not isinstance(outcome, asyncio.CancelledError):
-                raise outcome
-        if not done.is_set():
-            raise CountMismatchError(
-                f"{state['acked']} of {count} messages read and acked within {timeout}s"
-            )
-        out.messages, out.bytes = state["messages"], state["bytes"]
-        check_counts("consumed", out.messages, out.bytes, count, size)
-        # Nothing left unacknowledged, and nothing stored beyond what was read.
-        for mq in queues:
-            committed, end = await consumer.committed(mq), await consumer.max_offset(mq)
-            if end == 0 and committed == -1:
-                continue  # an empty queue: nothing to commit
-            check_equal(f"committed offset of queue {mq.queue_id} (its end)", committed, end)
-        out.extra["queues"] = len(queues)
-    finally:
-        await consumer.shutdown()
-    return out
+            await consumer.shutdown()
+        return out
+
+    return asyncio.run(run())
 
 
 # ---------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -36,16 +35,15 @@ from bench.peers.common import (
     Job,
     Outcome,
     Ready,
-    Scenario,
-    ServerProcess,
     check_counts,
     check_equal,
     debian_version,
     free_port,
+    missing_binary,
     payload,
     python_version_of,
-    running,
-    wait_idle,
+    serving,
+    single_row,
 )
 
 MODULE: Final = __name__
@@ -70,9 +68,7 @@ def server(scratch: Path) -> Iterator[Mapping[str, Any]]:
     scratch.mkdir(parents=True, exist_ok=True)
     port = free_port()
     args = [BINARY, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(scratch / "js")]
-    with running(ServerProcess("nats-server", args, scratch / "nats.log")) as proc:
-        proc.wait_ready(lambda: _info_line(port))
-        wait_idle(proc.pid, "nats-server")
+    with serving("nats-server", args, scratch / "nats.log", lambda: _info_line(port)):
         yield {"url": f"nats://127.0.0.1:{port}"}
 
 
@@ -208,34 +204,23 @@ def sync_latency(job: Job, ready: Ready) -> Outcome:
 
 
 def groups() -> list[Group]:
-    return [
-        Group(
-            name="nats",
-            server=server,
-            scenarios=[
-                Scenario(
-                    key="nats",
-                    peer="nats",
-                    label=(
-                        f"NATS JetStream: file stream, publish_async (≤{MAX_PENDING} pending), "
-                        f"pull fetch({FETCH}), ack-all once per batch"
-                    ),
-                    durability=(
-                        "file stream: ack after the write to the page cache; fsync every "
-                        "2 min (default sync_interval)"
-                    ),
-                    module=MODULE,
-                )
-            ],
-        )
-    ]
+    return single_row(
+        "nats",
+        server,
+        MODULE,
+        label=(
+            f"NATS JetStream: file stream, publish_async (≤{MAX_PENDING} pending), "
+            f"pull fetch({FETCH}), ack-all once per batch"
+        ),
+        durability=(
+            "file stream: ack after the write to the page cache; fsync every "
+            "2 min (default sync_interval)"
+        ),
+    )
 
 
 def missing() -> list[str]:
-    out = []
-    if shutil.which(BINARY) is None:
-        out.append(f"no {BINARY} on PATH (Debian package nats-server)")
-    return out
+    return missing_binary(BINARY, "nats-server")
 
 
 def versions() -> dict[str, str | None]:

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,16 +42,17 @@ from bench.peers.common import (
     Job,
     Outcome,
     Ready,
-    Scenario,
-    ServerProcess,
     check_counts,
     check_equal,
     debian_version,
     free_port,
+    missing_binary,
     payload,
     port_open,
     python_version_of,
-    running,
+    serving,
+    single_row,
+    time_round_trips,
     wait_idle,
 )
 
@@ -115,13 +116,22 @@ def server(scratch: Path) -> Iterator[Mapping[str, Any]]:
         ),
     }
     epmd_args = ["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"]
-    with running(ServerProcess("epmd", epmd_args, scratch / "epmd.log")) as epmd:
-        epmd.wait_ready(lambda: port_open(epmd_port))
-        node = ServerProcess("rabbitmq-server", [SERVER_SCRIPT], scratch / "rabbitmq.log", env=env)
-        with running(node):
-            node.wait_ready(lambda: _blocking(port).close() is None)
-            wait_idle(_beam_pid(node.pid), "rabbitmq-server (beam.smp)")
-            yield {"host": "127.0.0.1", "port": port}
+    epmd = serving(
+        "epmd", epmd_args, scratch / "epmd.log", lambda: port_open(epmd_port), idle=False
+    )
+    with (
+        epmd,
+        serving(
+            "rabbitmq-server",
+            [SERVER_SCRIPT],
+            scratch / "rabbitmq.log",
+            lambda: _blocking(port).close() is None,
+            env=env,
+            idle=False,  # the script is idle; the VM it started is what must settle
+        ) as node,
+    ):
+        wait_idle(_beam_pid(node.pid), "rabbitmq-server (beam.smp)")
+        yield {"host": "127.0.0.1", "port": port}
 
 
 def _parameters(port: int) -> pika.ConnectionParameters:
@@ -353,65 +363,41 @@ def sync_latency(job: Job, ready: Ready) -> Outcome:
     """Publish with confirms on a BlockingChannel: one message in flight."""
     body = payload(job.size)
     out = Outcome()
-    samples = out.latencies_ns
-    clock = time.perf_counter_ns
     conn = _blocking(_port(job))
     try:
         channel = conn.channel()
         channel.confirm_delivery()
-        publish, dest = channel.basic_publish, job.dest
-        for _ in range(job.warmup):
-            publish("", dest, body, PERSISTENT, mandatory=True)
-        out.first = time.monotonic()
-        stop = out.first + job.cap_s
-        for _ in range(job.samples):
-            began = clock()
-            publish("", dest, body, PERSISTENT, mandatory=True)  # raises if nacked
-            samples.append(clock() - began)
-            if time.monotonic() > stop:
-                break
-        out.last = time.monotonic()
+        # basic_publish raises if the broker nacks.
+        publish = partial(channel.basic_publish, "", job.dest, body, PERSISTENT, mandatory=True)
+        time_round_trips(job, out, publish)
     finally:
         conn.close()
     out.messages = _queue_depth(job)
     out.bytes = out.messages * job.size
-    sent = job.warmup + len(samples)
+    sent = job.warmup + len(out.latencies_ns)
     check_counts("queue depth after confirmed publishes", out.messages, out.bytes, sent, job.size)
     return out
 
 
 def groups() -> list[Group]:
-    return [
-        Group(
-            name="rabbitmq",
-            server=server,
-            scenarios=[
-                Scenario(
-                    key="rabbitmq",
-                    peer="rabbitmq",
-                    label=(
-                        "RabbitMQ: durable classic queue, persistent, async confirms "
-                        f"(window {WINDOW}), prefetch {PREFETCH}, ack multiple every {ACK_EVERY}"
-                    ),
-                    durability=(
-                        "persistent messages, durable queue: confirm after the message "
-                        "store's fsync"
-                    ),
-                    module=MODULE,
-                    sync_factor=0.25,
-                )
-            ],
-        )
-    ]
+    return single_row(
+        "rabbitmq",
+        server,
+        MODULE,
+        label=(
+            "RabbitMQ: durable classic queue, persistent, async confirms "
+            f"(window {WINDOW}), prefetch {PREFETCH}, ack multiple every {ACK_EVERY}"
+        ),
+        durability="persistent messages, durable queue: confirm after the message store's fsync",
+        sync_factor=0.25,
+    )
 
 
 def missing() -> list[str]:
     out = []
     if not os.access(SERVER_SCRIPT, os.X_OK):
         out.append(f"no {SERVER_SCRIPT} (Debian package rabbitmq-server)")
-    if shutil.which("epmd") is None:
-        out.append("no epmd on PATH (Debian package erlang-base)")
-    return out
+    return out + missing_binary("epmd", "erlang-base")
 
 
 def versions() -> dict[str, str | None]:

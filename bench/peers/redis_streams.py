@@ -16,9 +16,9 @@ second of acknowledged writes can be lost on a crash.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,16 +30,16 @@ from bench.peers.common import (
     Job,
     Outcome,
     Ready,
-    Scenario,
-    ServerProcess,
     check_counts,
     check_equal,
     debian_version,
     free_port,
+    missing_binary,
     payload,
     python_version_of,
-    running,
-    wait_idle,
+    serving,
+    single_row,
+    time_round_trips,
 )
 
 MODULE: Final = __name__
@@ -67,9 +67,7 @@ def server(scratch: Path) -> Iterator[Mapping[str, Any]]:
         "--logfile", "",
         "--supervised", "no",
     ]  # fmt: skip
-    with running(ServerProcess("redis-server", args, scratch / "redis.log")) as proc:
-        proc.wait_ready(lambda: bool(_client(port).ping()))
-        wait_idle(proc.pid, "redis-server")
+    with serving("redis-server", args, scratch / "redis.log", lambda: bool(_client(port).ping())):
         appendonly = _client(port).config_get("appendonly").get("appendonly")
         if appendonly != "yes":
             raise BenchError(f"redis-server runs with appendonly={appendonly}")
@@ -171,55 +169,32 @@ def sync_latency(job: Job, ready: Ready) -> Outcome:
     r = _connect(job)
     fields = {FIELD: payload(job.size)}
     out = Outcome()
-    samples = out.latencies_ns
-    clock = time.perf_counter_ns
-    xadd, key = r.xadd, job.dest
-    for _ in range(job.warmup):
-        xadd(key, fields)  # type: ignore[arg-type]
-    out.first = time.monotonic()
-    stop = out.first + job.cap_s
-    for _ in range(job.samples):
-        began = clock()
-        xadd(key, fields)  # type: ignore[arg-type]
-        samples.append(clock() - began)
-        if time.monotonic() > stop:
-            break
-    out.last = time.monotonic()
+    key = job.dest
+    time_round_trips(job, out, partial(r.xadd, key, fields))  # type: ignore[arg-type]
     out.messages = int(r.xlen(key))
     out.bytes = out.messages * job.size
-    check_counts("stream length", out.messages, out.bytes, job.warmup + len(samples), job.size)
+    sent = job.warmup + len(out.latencies_ns)
+    check_counts("stream length", out.messages, out.bytes, sent, job.size)
     return out
 
 
 def groups() -> list[Group]:
-    return [
-        Group(
-            name="redis",
-            server=server,
-            scenarios=[
-                Scenario(
-                    key="redis",
-                    peer="redis",
-                    label=(
-                        f"Redis Streams: XADD pipelined x{PIPELINE}, "
-                        f"XREADGROUP {READ_COUNT} + pipelined XACK"
-                    ),
-                    durability=(
-                        "AOF appendfsync everysec: ack before the fsync (up to ~1 s of acked "
-                        "writes can be lost)"
-                    ),
-                    module=MODULE,
-                )
-            ],
-        )
-    ]
+    return single_row(
+        "redis",
+        server,
+        MODULE,
+        label=(
+            f"Redis Streams: XADD pipelined x{PIPELINE}, XREADGROUP {READ_COUNT} + pipelined XACK"
+        ),
+        durability=(
+            "AOF appendfsync everysec: ack before the fsync (up to ~1 s of acked "
+            "writes can be lost)"
+        ),
+    )
 
 
 def missing() -> list[str]:
-    out = []
-    if shutil.which(BINARY) is None:
-        out.append(f"no {BINARY} on PATH (Debian package redis-server)")
-    return out
+    return missing_binary(BINARY, "redis-server")
 
 
 def versions() -> dict[str, str | None]:

@@ -40,6 +40,7 @@ from bench.peers.common import (
     Scenario,
     check_counts,
     payload,
+    time_round_trips,
 )
 
 MODULE: Final = __name__
@@ -273,24 +274,12 @@ def reqack_sync(job: Job, ready: Ready) -> Outcome:
     """One request in flight: ``job.samples`` round trips (capped at ``job.cap_s``)."""
     client = _Client(job)
     out = Outcome()
-    clock = time.perf_counter_ns
-    samples = out.latencies_ns
     try:
-        for _ in range(max(job.warmup, 1)):
-            client.round_trip()
-        out.first = time.monotonic()
-        stop = out.first + job.cap_s
-        one = client.round_trip
-        for _ in range(job.samples):
-            began = clock()
-            one()
-            samples.append(clock() - began)
-            if time.monotonic() > stop:
-                break
-        out.last = time.monotonic()
+        time_round_trips(job, out, client.round_trip, warmup=max(job.warmup, 1))
     finally:
         client.close()
-    out.messages, out.bytes = len(samples), len(samples) * len(client.body)
+    n = len(out.latencies_ns)
+    out.messages, out.bytes = n, n * len(client.body)
     return out
 
 
@@ -299,37 +288,41 @@ def reqack_sync(job: Job, ready: Ready) -> Outcome:
 # ---------------------------------------------------------------------------------------
 
 
-def _push(codec: str, label: str) -> Scenario:
+def _row(kind: str, codec: str, label: str, **fields: Any) -> Scenario:
+    """A ``zmq_<kind>_<codec>`` row: no destination to prepare, twice the messages."""
     return Scenario(
-        key=f"zmq_push_{codec}",
+        key=f"zmq_{kind}_{codec}",
         peer="zmq",
         label=label,
         durability=DURABILITY,
         module=MODULE,
-        workloads=("e2e",),
-        produce="push_produce",
-        consume="pull_consume",
         prepare=None,
         cleanup=None,
         count_factor=2.0,
         options={"codec": codec},
+        **fields,
+    )
+
+
+def _push(codec: str, label: str) -> Scenario:
+    return _row(
+        "push",
+        codec,
+        label,
+        workloads=("e2e",),
+        produce="push_produce",
+        consume="pull_consume",
     )
 
 
 def _reqack(codec: str, label: str) -> Scenario:
-    return Scenario(
-        key=f"zmq_reqack_{codec}",
-        peer="zmq",
-        label=label,
-        durability=DURABILITY,
-        module=MODULE,
+    return _row(
+        "reqack",
+        codec,
+        label,
         workloads=("e2e", "sync"),
         e2e_solo="reqack_pipelined",
         sync="reqack_sync",
-        prepare=None,
-        cleanup=None,
-        count_factor=2.0,
-        options={"codec": codec},
     )
 
 

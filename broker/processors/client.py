@@ -58,17 +58,35 @@ class ClientProcessor:
         """HEARTBEAT: record the client, its groups and its subscriptions."""
         ctx = self._ctx
         b = request.body
-        ctx.check_client_id(b.client_id)
-        if len(b.producer_groups) + len(b.consumer_groups) + len(b.consumers) > _MAX_GROUPS:
-            raise ProtocolError(f"at most {_MAX_GROUPS} groups per heartbeat")
-        for group in (*b.producer_groups, *b.consumer_groups):
-            ctx.check_group(group)
+        self._check_client_groups(
+            b.client_id, b.producer_groups, b.consumer_groups, "heartbeat", len(b.consumers)
+        )
         consumers = {group: ConsumerData(group=group) for group in b.consumer_groups}
         for data in b.consumers:
             self._check_consumer(data)
             consumers[data.group] = data
         ctx.consumers.heartbeat(b.client_id, identity, b.producer_groups, consumers)
         return _SUCCESS, _EMPTY, (), ""
+
+    def _check_client_groups(
+        self,
+        client_id: str,
+        producer_groups: Sequence[str],
+        consumer_groups: Sequence[str],
+        per: str,
+        more: int = 0,
+    ) -> None:
+        """The checks HEARTBEAT and UNREGISTER_CLIENT open with, in this order.
+
+        The client id; at most _MAX_GROUPS groups (``more`` counts groups named
+        elsewhere in the request), the error saying "per ``per``"; each group name.
+        """
+        ctx = self._ctx
+        ctx.check_client_id(client_id)
+        if len(producer_groups) + len(consumer_groups) + more > _MAX_GROUPS:
+            raise ProtocolError(f"at most {_MAX_GROUPS} groups per {per}")
+        for group in (*producer_groups, *consumer_groups):
+            ctx.check_group(group)
 
     def _check_consumer(self, data: ConsumerData) -> None:
         ctx = self._ctx
@@ -86,14 +104,9 @@ class ClientProcessor:
         self, request: UnregisterClientRequest, bodies: Sequence[Buffer], identity: bytes
     ) -> Outcome:
         """UNREGISTER_CLIENT: the client leaves the groups named (every group when none)."""
-        ctx = self._ctx
         b = request.body
-        ctx.check_client_id(b.client_id)
-        if len(b.producer_groups) + len(b.consumer_groups) > _MAX_GROUPS:
-            raise ProtocolError(f"at most {_MAX_GROUPS} groups per request")
-        for group in (*b.producer_groups, *b.consumer_groups):
-            ctx.check_group(group)
-        ctx.consumers.unregister(b.client_id, b.producer_groups, b.consumer_groups)
+        self._check_client_groups(b.client_id, b.producer_groups, b.consumer_groups, "request")
+        self._ctx.consumers.unregister(b.client_id, b.producer_groups, b.consumer_groups)
         return _SUCCESS, _EMPTY, (), ""
 
     def consumer_list(

@@ -16,41 +16,28 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from typing import Final
 
 from fabric.testing import LOOPBACK, ServerProcess
+from fabric.up import _die_with_parent
 
 __all__ = ["LocalFabric"]
 
 #: Seconds a server gets to print READY, and to exit after SIGTERM.
 READY_TIMEOUT: Final = 30.0
 STOP_TIMEOUT: Final = 10.0
-_PR_SET_PDEATHSIG: Final = 1
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the child when this process dies (as fabric.up)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return preexec
 
 
 def _spawn(command: list[str], role: str) -> ServerProcess:
+    """Start ``python -m fabric *command``; wait for READY ``role`` (stopped on failure).
+
+    The Popen is fabric.testing.spawn's plus what ``fabric up`` gives its children: a
+    session of their own and, on Linux, SIGTERM should the bench die (fabric.up's
+    preexec_fn). fabric.testing.spawn takes neither, hence this function.
+    """
     args = [sys.executable, "-m", "fabric", *command]
     process = subprocess.Popen(
         args,
