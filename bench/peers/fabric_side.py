@@ -9,8 +9,8 @@ benchmark's scratch directory, default store settings as ``fabric up`` has them)
   SYNC_FLUSH a SEND_OK comes after the fsync that covers the message (group commit).
 * produce, send_batch rows: ``Producer.send_batch`` of BATCH messages per call, one call
   after the other.
-* consume and end to end: :func:`consume_messages` (see there); the ack is the offset
-  commit to the broker.
+* consume and end to end: :func:`consume_messages` (see there): a PushConsumer whose
+  acks reopen its window and commit its offsets on the broker.
 * sync latency: ``Producer.send``, one message in flight.
 
 Each topic is created (4 queues) before its job and deleted after it, so every count is
@@ -20,9 +20,9 @@ committed offset of every queue reached its end.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from functools import partial
@@ -44,22 +44,26 @@ from bench.peers.common import (
     wait_for,
     wait_idle,
 )
-from fabric import Message, Producer, PullConsumer, PullStatus, SendResult, SendStatus
-from fabric import aio as fabric_aio
+from fabric import (
+    ConsumeStatus,
+    Message,
+    MessageExt,
+    Producer,
+    PullConsumer,
+    PushConsumer,
+    SendResult,
+    SendStatus,
+)
 from fabric.admin import Admin
 from fabric.errors import NoRouteError
-from fabric.message import MessageQueue
 from fabric.testing import ServerProcess, run_broker, run_nameserver
 
 MODULE: Final = __name__
 PRODUCER_GROUP: Final = "peers_producer"
 #: Messages per send_batch call in the batch rows.
 BATCH: Final = 256
-#: Most messages one pull returns (the broker clamps to its pull_max_msgs, 1024).
-PULL_BATCH: Final = 500
-#: Seconds a pull on an empty queue waits (long polling); the consumer cancels the pulls
-#: still waiting once it has everything.
-PULL_WAIT: Final = 1.0
+#: The push consumer's window per queue, in messages (its default).
+PREFETCH: Final = 1000
 QUEUES: Final = 4
 
 DURABILITY: Final = {
@@ -223,12 +227,6 @@ def consume(job: Job, ready: Ready) -> Outcome:
     )
 
 
-# PUSH CONSUMER SWITCH POINT. Consume and end to end go through this one function; today
-# it drives the pull consumer (fabric.aio.PullConsumer, one long-polling pull loop per
-# queue, offsets committed per pulled batch). When fabric.PushConsumer lands, replace the
-# body with a PushConsumer subscribed to `topic` whose listener counts messages and bytes
-# and records the time of the last ack, keeping this signature, the ready() call once
-# it is subscribed, and the checks at the end (counts, bytes, nothing left unacked).
 def consume_messages(
     nameserver: str,
     topic: str,
@@ -238,82 +236,58 @@ def consume_messages(
     ready: Ready,
     timeout: float,
 ) -> Outcome:
-    """Subscribe to ``topic`` as ``group``, call ``ready``, read and ack ``count`` messages.
+    """Subscribe a PushConsumer to ``topic`` as ``group``, call ``ready``, consume ``count``.
 
-    Returns an Outcome whose ``first`` is when reading began and ``last`` when the ack
-    (the offset commit) of the last message was answered. Raises CountMismatchError if
-    messages or bytes differ, or a queue's committed offset is not at its end.
+    The broker pushes within the consumer's window (PREFETCH per queue); the listener
+    counts messages and bytes and returns CONSUME_SUCCESS, which acks them (acks reopen
+    the window and commit the offset). Returns an Outcome whose ``first`` is when the
+    consumer was started and ``last`` when the listener finished the last message.
+    Raises CountMismatchError if messages or bytes differ, or if after the consumer's
+    shutdown (which commits) a queue's committed offset is not at its end.
     """
+    out = Outcome()
+    lock = threading.Lock()
+    done = threading.Event()
+    state = {"messages": 0, "bytes": 0}
 
-    async def run() -> Outcome:
-        out = Outcome()
-        consumer = fabric_aio.PullConsumer(group, nameservers=nameserver)
-        await consumer.start()
-        try:
-            queues = await consumer.queues(topic)
-            done = asyncio.Event()
-            state = {"messages": 0, "bytes": 0, "acked": 0}
+    def listener(msg: MessageExt) -> ConsumeStatus:
+        with lock:
+            state["messages"] += 1
+            state["bytes"] += len(msg.body)
+            if state["messages"] >= count and not done.is_set():
+                out.last = time.monotonic()
+                done.set()
+        return ConsumeStatus.CONSUME_SUCCESS
 
-            async def commit(mq: MessageQueue, offset: int, n: int) -> None:
-                await consumer.commit(mq, offset)
-                state["acked"] += n
-                if state["acked"] >= count:
-                    out.last = time.monotonic()
-                    done.set()
-
-            async def drain(mq: MessageQueue) -> None:
-                offset = 0
-                committing: asyncio.Task[None] | None = None
-                while True:
-                    res = await consumer.pull(mq, offset, max_nums=PULL_BATCH, timeout=PULL_WAIT)
-                    if res.status is PullStatus.FOUND:
-                        msgs = res.messages
-                        state["messages"] += len(msgs)
-                        state["bytes"] += sum(len(m.body) for m in msgs)
-                        offset = res.next_offset
-                        if committing is not None:
-                            await committing
-                        committing = asyncio.ensure_future(commit(mq, offset, len(msgs)))
-                    elif res.status is PullStatus.NO_MATCHED_MSG:
-                        offset = res.next_offset
-                    elif res.status is not PullStatus.NO_NEW_MSG:
-                        raise BenchError(f"pull of {mq} at {offset}: {res.status}")
-
-            out.first = time.monotonic()
-            tasks = [asyncio.ensure_future(drain(mq)) for mq in queues]
-            ready(None)
-            finished = asyncio.ensure_future(done.wait())
-            try:
-                await asyncio.wait(
-                    [finished, *tasks], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for task in (finished, *tasks):
-                    task.cancel()
-                outcomes = await asyncio.gather(finished, *tasks, return_exceptions=True)
-            for outcome in outcomes:
-                if isinstance(outcome, Exception) and not isinstance(
-                    outcome, asyncio.CancelledError
-                ):
-                    raise outcome
-            if not done.is_set():
-                raise CountMismatchError(
-                    f"{state['acked']} of {count} messages read and acked within {timeout}s"
-                )
-            out.messages, out.bytes = state["messages"], state["bytes"]
-            check_counts("consumed", out.messages, out.bytes, count, size)
-            # Nothing left unacknowledged, and nothing stored beyond what was read.
-            for mq in queues:
-                committed, end = await consumer.committed(mq), await consumer.max_offset(mq)
-                if end == 0 and committed == -1:
-                    continue  # an empty queue: nothing to commit
-                check_equal(f"committed offset of queue {mq.queue_id} (its end)", committed, end)
-            out.extra["queues"] = len(queues)
-        finally:
-            await consumer.shutdown()
-        return out
-
-    return asyncio.run(run())
+    consumer = PushConsumer(
+        group, nameservers=nameserver, consume_from="earliest", prefetch=PREFETCH
+    )
+    consumer.subscribe(topic, "*", listener)
+    out.first = time.monotonic()
+    consumer.start()
+    try:
+        ready(None)
+        if not done.wait(timeout):
+            raise CountMismatchError(
+                f"{state['messages']} of {count} messages consumed within {timeout}s"
+            )
+    finally:
+        consumer.shutdown()
+    out.messages, out.bytes = state["messages"], state["bytes"]
+    check_counts("consumed", out.messages, out.bytes, count, size)
+    # Nothing left unacknowledged: shutdown committed every queue to its end.
+    checker = PullConsumer(group, nameservers=nameserver).start()
+    try:
+        queues = checker.queues(topic)
+        for mq in queues:
+            committed, end = checker.committed(mq), checker.max_offset(mq)
+            if end == 0 and committed <= 0:
+                continue  # an empty queue: nothing to commit
+            check_equal(f"committed offset of queue {mq.queue_id} (its end)", committed, end)
+        out.extra["queues"] = len(queues)
+    finally:
+        checker.shutdown()
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,8 +302,8 @@ def _rows(flush: str) -> list[Scenario]:
             key=f"fabric_{flush}",
             peer="fabric",
             label=(
-                f"fabric {name}: send_async, aio PullConsumer (pull {PULL_BATCH}, "
-                "commit per batch), send"
+                f"fabric {name}: send_async, PushConsumer (window {PREFETCH} per queue, "
+                "acks commit), send"
             ),
             durability=DURABILITY[flush],
             module=MODULE,
