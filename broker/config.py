@@ -28,7 +28,14 @@ from typing import Final, Literal
 import msgspec
 
 from broker.store import FlushMode, StoreConfig
-from fabric.protocol.codes import DEFAULT_CLIENT_EXPIRY, DEFAULT_LOCK_EXPIRY
+from fabric.protocol.codes import (
+    DEFAULT_CLIENT_EXPIRY,
+    DEFAULT_DEDUP_WINDOW,
+    DEFAULT_LOCK_EXPIRY,
+    DEFAULT_MAX_RECONSUME_TIMES,
+    DEFAULT_TIMER_MAX_DELAY,
+    DELAY_LEVELS,
+)
 from fabric.protocol.frames import MAX_MESSAGE_BYTES
 from fabric.protocol.messages import MAX_QUEUE_NUMS
 from fabric.protocol.names import check_name
@@ -98,6 +105,21 @@ class BrokerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     max_push_streams: int = 100_000
     #: The storage engine's knobs (see docs/STORAGE.md).
     store: StoreConfig = StoreConfig()
+    #: Deliveries before a sent-back message goes to ``%DLQ%<group>`` when the
+    #: CONSUMER_SEND_MSG_BACK says -1 (PROTOCOL.md 14.2).
+    max_reconsume_times: int = DEFAULT_MAX_RECONSUME_TIMES
+    #: Seconds a half message waits for END_TRANSACTION before it is checked (14.3).
+    transaction_timeout: float = 6.0
+    #: Seconds between two rounds of transaction checks.
+    transaction_check_interval: float = 30.0
+    #: Checks of a half message before it is discarded.
+    transaction_check_max: int = 15
+    #: Seconds of the delay levels 1..18 (PROTOCOL.md 14.1); tests shorten them.
+    delay_levels: tuple[float, ...] = DELAY_LEVELS
+    #: Furthest due time a send may ask for, in seconds from now (MESSAGE_ILLEGAL past it).
+    timer_max_delay: float = DEFAULT_TIMER_MAX_DELAY
+    #: Seconds a resend (PROTOCOL.md 14.4) finds an earlier copy of its uniq id.
+    dedup_window: float = DEFAULT_DEDUP_WINDOW
 
     def validate(self) -> BrokerConfig:
         """Raise BrokerConfigError for a missing or out-of-range value; return self."""
@@ -135,8 +157,30 @@ class BrokerConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
         ):
             if not math.isfinite(seconds):
                 raise BrokerConfigError(f"{field} must be finite, got {seconds}")
+        if not 0 <= self.max_reconsume_times <= 2**31 - 1:
+            raise BrokerConfigError("max_reconsume_times must be in 0..2147483647")
+        for field, seconds in (
+            ("transaction_timeout", self.transaction_timeout),
+            ("transaction_check_interval", self.transaction_check_interval),
+        ):
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise BrokerConfigError(f"{field} must be finite and > 0, got {seconds}")
+        if self.transaction_check_max < 1:
+            raise BrokerConfigError("transaction_check_max must be >= 1")
         if self.heartbeat_timeout_ms < 0:
             raise BrokerConfigError("heartbeat_timeout_ms must be >= 0")
+        if len(self.delay_levels) != len(DELAY_LEVELS) or not all(
+            0 < level < math.inf for level in self.delay_levels
+        ):
+            raise BrokerConfigError(
+                f"delay_levels must be {len(DELAY_LEVELS)} positive finite numbers of seconds"
+            )
+        for field, seconds in (
+            ("timer_max_delay", self.timer_max_delay),
+            ("dedup_window", self.dedup_window),
+        ):
+            if not 0 < seconds < math.inf:
+                raise BrokerConfigError(f"{field} must be > 0 and finite, got {seconds}")
         for endpoint in self.nameservers:
             if "://" not in endpoint:
                 raise BrokerConfigError(f"nameserver endpoint {endpoint!r} has no transport://")

@@ -6,7 +6,8 @@ the consumer groups it is a member of. A client is a **member** of a consumer gr
 its first HEARTBEAT naming the group until UNREGISTER_CLIENT, a HEARTBEAT that no longer
 names it, or ``expiry`` seconds (``client_expiry``, DEFAULT_CLIENT_EXPIRY) without any
 HEARTBEAT. The routing id of the connection its last HEARTBEAT came on is where its
-notifications go.
+notifications go, and, for a producer heard within ``expiry``, where the transaction
+checks of its producer groups go (:meth:`ConsumerManager.producer_identity`).
 
 Expiry costs one loop timer, never a scan per heartbeat: members sit in an ordered dict,
 oldest heartbeat first (a heartbeat moves its client to the end), and the timer is set
@@ -52,6 +53,8 @@ class ClientInfo(msgspec.Struct, kw_only=True):
     consumer_groups: list[str]
     #: Loop time of the last heartbeat.
     last_seen: float
+    #: Routing id of the connection the last heartbeat came on (CHECK_TRANSACTION_STATE).
+    identity: bytes = b""
 
 
 class _Member:
@@ -126,6 +129,7 @@ class ConsumerManager:
             producer_groups=producer_groups,
             consumer_groups=sorted(consumers),
             last_seen=now,
+            identity=identity,
         )
         if len(self._clients) >= self._next_prune:
             self._prune(now)
@@ -180,6 +184,29 @@ class ConsumerManager:
         """The routing id of a member's last heartbeat; None when it is no member."""
         member = self._members.get(client_id)
         return None if member is None else member.identity
+
+    def producer_identity(self, group: str) -> bytes | None:
+        """The routing id of a live producer of ``group`` (heard within ``expiry``), or None.
+
+        The producer heard from most recently wins. A scan of the clients: for the
+        transaction checks (broker.transactions), which ask once per group and round.
+        """
+        cutoff = self._clock() - self.expiry
+        best: ClientInfo | None = None
+        for info in self._clients.values():
+            if (
+                info.last_seen >= cutoff
+                and group in info.producer_groups
+                and info.identity
+                and (best is None or info.last_seen > best.last_seen)
+            ):
+                best = info
+        return None if best is None else best.identity
+
+    @property
+    def pusher(self) -> Pusher:
+        """What pushes go through (the server); the transaction checks use it too."""
+        return self._pusher
 
     def subscriptions(self, group: str, client_id: str) -> ConsumerData | None:
         """What a member said of its consumer in ``group`` (None when it is no member)."""

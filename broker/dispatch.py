@@ -18,8 +18,12 @@ from .processors.client import ClientProcessor
 from .processors.consume import ConsumeProcessor
 from .processors.offsets import OffsetProcessor
 from .processors.pull import PullProcessor
+from .processors.query import QueryProcessor
 from .processors.send import SendProcessor, SyncFlushWaiters
+from .processors.sendback import SendBackProcessor
 from .processors.topics import TopicProcessor
+from .processors.transaction import TransactionProcessor
+from .transactions import TransactionService, state_path
 
 __all__ = ["Dispatcher", "Processors", "build_dispatcher"]
 
@@ -56,6 +60,16 @@ class Processors:
         self.topics = TopicProcessor(ctx)
         self.client = ClientProcessor(ctx)
         self.consume = ConsumeProcessor(ctx)
+        self.sendback = SendBackProcessor(ctx)
+        self.query = QueryProcessor(ctx)
+        #: Decisions and checks of half messages; its passes start here, on the loop.
+        self.transactions = TransactionService(ctx, state_path(ctx.config.config_dir))
+        self.transaction = TransactionProcessor(ctx, self.transactions)
+        self.transactions.start()
+
+    def close(self) -> None:
+        """Shutdown, before the store closes: stop the transaction checks, write their state."""
+        self.transactions.close()
 
 
 def build_dispatcher(processors: Processors) -> Dispatcher:
@@ -82,4 +96,8 @@ def build_dispatcher(processors: Processors) -> Dispatcher:
     d.register(RequestCode.CONSUME_OPEN, processors.consume.open)
     d.register(RequestCode.CONSUME_ACK, processors.consume.ack)
     d.register(RequestCode.CONSUME_CLOSE, processors.consume.close)
+    d.register(RequestCode.CONSUMER_SEND_MSG_BACK, processors.sendback.send_back)
+    d.register(RequestCode.END_TRANSACTION, processors.transaction.end)
+    d.register(RequestCode.QUERY_MESSAGE, processors.query.query)
+    d.register(RequestCode.VIEW_MESSAGE_BY_ID, processors.query.view)
     return d

@@ -21,8 +21,9 @@ error reply; anything else is dropped and counted, with at most one warning per 
 Background work (registration, offset persistence, timers) catches and logs its own
 failures and carries on.
 
-Files under the data directory: ``store/`` (the MessageStore), ``config/topics.json``
-(broker.topics) and ``config/offsets.json`` (broker.offsets).
+Files under the data directory: ``store/`` (the MessageStore), ``store/timer/`` (the timer
+store of broker.timers), ``config/topics.json`` (broker.topics) and
+``config/offsets.json`` (broker.offsets).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from .processors import BrokerContext
 from .processors.send import SyncFlushWaiters
 from .push import Delivery
 from .registry import Registry
+from .timers import TimerService
 from .topics import TopicTable
 
 __all__ = ["BrokerServer"]
@@ -152,6 +154,7 @@ class BrokerServer:
         self.offsets: ConsumerOffsets | None = None
         self.processors: Processors | None = None
         self.registry: Registry | None = None
+        self.timers: TimerService | None = None
         self._dispatch = Dispatcher()
         self._waiters: SyncFlushWaiters | None = None
         #: The endpoint registered with the NameServers.
@@ -227,6 +230,23 @@ class BrokerServer:
             msg_id_prefix=_msg_id_prefix(store_host),
             on_topics_changed=self.registry.poke,
         )
+        self.topics.on_system_topic_created = self.registry.poke
+        try:
+            self.timers = ctx.timers = TimerService(
+                store,
+                ctx.arrivals,
+                loop,
+                levels=config.delay_levels,
+                max_delay=config.timer_max_delay,
+                sync_flush=config.flush == "sync",
+            )
+            self.timers.start()
+        except BaseException:
+            if self.timers is not None:
+                await self.timers.close()
+            store.close()
+            self._close_socket(0)
+            raise
         self.processors = Processors(ctx, self._waiters)
         self._dispatch = build_dispatcher(self.processors)
         self._fd = cast(int, self._raw.getsockopt(zmq.FD))
@@ -270,6 +290,7 @@ class BrokerServer:
         if self.processors is not None:
             # Before the socket closes (with a linger): every stream hears STREAM_CLOSED.
             self.processors.ctx.close()
+            self.processors.close()  # transaction checks (broker.transactions)
             released = self.processors.pull.longpoll.release_all()
             if released:
                 logger.info("answered {} parked pulls", released)
@@ -293,6 +314,8 @@ class BrokerServer:
                 self.offsets.persist()
             except Exception:
                 logger.exception("broker: cannot write the consumer offsets")
+        if self.timers is not None:
+            await self.timers.close()
         if store is not None:
             store.close()
         self._close_socket(_CLOSE_LINGER_MS)

@@ -8,26 +8,39 @@ Every change (create, update, delete) is written before it is acknowledged, with
 temp file + fsync + ``os.replace`` (broker.persist), and raises ``data_version``: the
 version the broker registers with (PROTOCOL.md section 6), microseconds since the epoch
 at the last change, never lower than the version of a previous run.
+
+System topics (docs/PROTOCOL.md section 14): ``%TIMER%``, ``%HALF%`` and ``%HALF_OP%``
+exist implicitly on every broker (queue 0 only, written by the broker itself); they are
+never in this table, so they are neither registered nor listed, and nobody may create
+them (NO_PERMISSION). ``%RETRY%<group>`` and ``%DLQ%<group>`` are ordinary entries that
+the broker creates on first use with :meth:`TopicTable.ensure_system_topic`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 from loguru import logger
 
-from fabric.errors import InvalidNameError, ProtocolError, TopicExistsError, TopicNotExistError
+from fabric.errors import (
+    InvalidNameError,
+    NoPermissionError,
+    ProtocolError,
+    TopicExistsError,
+    TopicNotExistError,
+)
 from fabric.protocol.codes import Perm, ResponseCode
 from fabric.protocol.messages import MAX_QUEUE_NUMS, TopicConfig
-from fabric.protocol.names import check_topic
+from fabric.protocol.names import check_topic, is_broker_topic, is_system_topic
 
 from .persist import read_file, write_atomic
 
 __all__ = ["TopicTable", "check_topic_name", "validate_topic_config"]
 
 _ALL_PERMS = int(Perm.INHERIT | Perm.READ | Perm.WRITE)
+_READ_WRITE = int(Perm.READ | Perm.WRITE)
 
 
 class _TopicsFile(msgspec.Struct, kw_only=True):
@@ -89,6 +102,9 @@ class TopicTable:
                 self._topics[config.topic] = config
         #: The version the broker registers with; grows with every change and every start.
         self.data_version = max(stored_version + 1, _now_us())
+        #: Called after :meth:`ensure_system_topic` created a topic (the server registers
+        #: the change with the NameServers, so that consumers find the topic).
+        self.on_system_topic_created: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self._topics)
@@ -108,8 +124,14 @@ class TopicTable:
         return [self._topics[name] for name in sorted(self._topics)]
 
     def create(self, config: TopicConfig) -> TopicConfig:
-        """Add a topic; TopicExistsError when it exists. Validates the config."""
+        """Add a topic; TopicExistsError when it exists. Validates the config.
+
+        Raises:
+            NoPermissionError: the name is one of the broker's own topics (``%TIMER%``...).
+        """
         validate_topic_config(config)
+        if is_broker_topic(config.topic):
+            raise NoPermissionError(f"topic {config.topic} is reserved for the broker")
         if config.topic in self._topics:
             raise TopicExistsError(f"topic {config.topic} already exists")
         self._change(config.topic, config)
@@ -120,6 +142,31 @@ class TopicTable:
             config.write_queue_nums,
             config.perm,
         )
+        return config
+
+    def ensure_system_topic(self, topic: str) -> TopicConfig:
+        """The config of ``%RETRY%<group>`` or ``%DLQ%<group>``, created on first use.
+
+        For the broker's retry and dead-letter paths (PROTOCOL.md 14.2): call it before
+        appending to such a topic. An existing topic is returned as it is (an operator may
+        have changed it); a missing one is created with 1 read and 1 write queue and perm
+        READ|WRITE, persisted, and announced through :attr:`on_system_topic_created` (the
+        server re-registers, so consumers find its route). Runs on the broker's loop.
+
+        Raises:
+            ValueError: ``topic`` is not a retry or dead-letter topic.
+            InvalidNameError: the name is invalid (INVALID_TOPIC_NAME).
+        """
+        config = self._topics.get(topic)
+        if config is not None:
+            return config
+        if not is_system_topic(topic):
+            raise ValueError(f"{topic!r} is not a retry or dead-letter topic")
+        config = self.create(
+            TopicConfig(topic=topic, read_queue_nums=1, write_queue_nums=1, perm=_READ_WRITE)
+        )
+        if self.on_system_topic_created is not None:
+            self.on_system_topic_created()
         return config
 
     def update(self, config: TopicConfig) -> TopicConfig:

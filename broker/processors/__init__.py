@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -36,6 +36,9 @@ from fabric.protocol.codes import ResponseCode
 from fabric.protocol.frames import Buffer
 from fabric.protocol.messages import TopicConfig
 from fabric.protocol.names import check_group
+
+if TYPE_CHECKING:
+    from broker.timers import TimerService
 
 __all__ = [
     "BrokerContext",
@@ -131,6 +134,9 @@ class BrokerContext:
         )
         #: Set by the pull processor (it owns the parked pulls).
         self.longpoll: LongPoll | None = None
+        #: Timed and delayed messages (broker.timers); set by the server before the
+        #: processors are built. Broker-made timed sends use ``timers.schedule``.
+        self.timers: TimerService | None = None
         self._good_groups: set[str] = set()
 
     def _client_left(self, client_id: str, groups: frozenset[str] | None) -> None:

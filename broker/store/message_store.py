@@ -145,6 +145,11 @@ class MessageStore:
         #: Queue ranges removed by retention, newest last (bounded).
         self.dropped: list[DroppedRange] = []
         self._drop_listeners: list[Callable[[list[DroppedRange]], None]] = []
+        #: Retention never deletes a segment holding bytes at or past the offset this
+        #: returns (None: no floor). The broker gives the timer store's
+        #: ``min_commitlog_offset``, so pending timed messages outlive ``retention_ms``.
+        #: Called from the housekeeping thread.
+        self.retention_floor: Callable[[], int | None] | None = None
         try:
             self.recovery = self._recover()
             self.check_disk()
@@ -725,12 +730,21 @@ class MessageStore:
         )
         if not starts:
             return []
+        floor: int | None = None
+        if self.retention_floor is not None:
+            try:
+                floor = self.retention_floor()
+            except Exception:
+                logger.exception("retention floor failed; nothing deleted this round")
+                return []
         doomed = []
         with self._lock:
             for start in starts:
                 first = self._log.segments.files[0]
                 if first.start != start or first.end > self._log.wrote:
                     break  # never the segment being written
+                if floor is not None and first.end > floor:
+                    break  # still needed (pending timers)
                 doomed.append(self._log.segments.drop_first())
             log_min = self._log.min_offset
             before = {key: cq.min_offset for key, cq in self._cqs.items()}

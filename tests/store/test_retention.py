@@ -273,3 +273,24 @@ def test_queries_racing_retention_never_raise(stores: Stores, root: Path) -> Non
     finally:
         sys.setswitchinterval(switch)
     assert errors == [], f"{len(errors)} reads failed during retention, first: {errors[0]}"
+
+
+def test_retention_keeps_the_segments_at_or_past_the_floor(
+    stores: Stores, root: Path, clock: Clock
+) -> None:
+    # The broker sets retention_floor to the timer store's min_commitlog_offset: pending
+    # timed messages keep their segments however old they are.
+    store = stores.open(small_config(retention_ms=RETENTION_MS), clock=clock)
+    puts = _write(store, clock)
+    names = segment_files(root)
+    floor = SEGMENT_SIZE + 10  # inside segment 1: segment 0 may go, segment 1 may not
+    store.retention_floor = lambda: floor
+    clock.advance(100 * RETENTION_MS)
+    store.run_retention()
+    assert segment_files(root) == names[1:]
+    assert store.min_physical_offset == SEGMENT_SIZE
+    # No floor (no pending timer): everything expired goes, as before.
+    store.retention_floor = lambda: None
+    store.run_retention()
+    assert len(segment_files(root)) == 1
+    assert puts
