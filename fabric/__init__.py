@@ -44,7 +44,14 @@ from fabric.errors import (
 )
 from fabric.message import Message, MessageExt, MessageQueue, PullResult, SendResult
 from fabric.producer import Producer
-from fabric.protocol.codes import ConsumeFrom, MessageModel, PullStatus, SendStatus
+from fabric.protocol.codes import (
+    ConsumeFrom,
+    MessageModel,
+    PullStatus,
+    SendStatus,
+    TransactionState,
+)
+from fabric.transaction import TransactionProducer, TransactionSendResult
 
 logger.disable("fabric")
 
@@ -81,6 +88,9 @@ __all__ = [
     "ServiceUnavailableError",
     "TopicExistsError",
     "TopicNotExistError",
+    "TransactionProducer",
+    "TransactionSendResult",
+    "TransactionState",
     "TransportError",
     "UnexpectedResponseError",
     "UnsupportedError",

@@ -23,6 +23,23 @@
 * ``group consumers GROUP`` prints the client id of each live member, one per line
   (GET_CONSUMER_LIST_BY_GROUP at every live master).
 
+``fabric admin --nameserver EP message id|key|time ...`` (SPEC M19) prints one line per
+message (id, topic, queue, offset, store time, tags, keys, a body preview):
+
+* ``message id TOPIC MSG_ID``: the newest record of that uniq id in TOPIC;
+* ``message key TOPIC KEY [--max N] [--begin T] [--end T]``: messages whose keys include
+  KEY, newest first;
+* ``message time TOPIC --begin T --end T [--max N]``: messages stored in [begin, end],
+  oldest first (T: ms since the epoch or an ISO time, local without a zone).
+
+``fabric admin --nameserver EP dlq list|resend GROUP`` (SPEC M15):
+
+* ``dlq list GROUP [--max N] [--all]``: the dead letters of GROUP not sent again yet
+  (``--all``: every one still stored, those sent again marked ``[resent]``);
+* ``dlq resend GROUP [--msg-id ID ...]``: sends each dead letter (or the chosen ones)
+  again to its original topic with its uniq id, keys, tags and properties, one line per
+  letter; a second resend does not send them again (fabric.admin_messages).
+
 Brokers are found with GET_CLUSTER_INFO (or, for reset-offset, the topic's route) and
 asked directly (CREATE_TOPIC, UPDATE_TOPIC, DELETE_TOPIC, LIST_TOPICS), so ``list`` shows
 a change as soon as it is made (the NameServers learn it with the broker's next
@@ -42,10 +59,24 @@ from typing import Any, Final
 
 from loguru import logger
 
+from fabric.admin_messages import (
+    ADMIN_GROUP,
+    MAX_QUERY_NUM,
+    DeadLetter,
+    MessageQueries,
+    add_dlq_commands,
+    add_message_commands,
+    check_group_name,
+    check_topic_name,
+    run_dlq_command,
+    run_message_command,
+)
 from fabric.client import ClientCore, LoopRunner
 from fabric.consumer.options import Position, parse_position
 from fabric.errors import FabricError, InvalidNameError, NoRouteError, TopicNotExistError
-from fabric.protocol.codes import Perm, RequestCode, ResponseCode
+from fabric.message import Message, MessageExt, SendResult
+from fabric.producer import Producer
+from fabric.protocol.codes import ConsumeFrom, Perm, RequestCode, ResponseCode
 from fabric.protocol.messages import (
     DEFAULT_QUEUE_NUMS,
     DEFAULT_TOPIC_PERM,
@@ -75,6 +106,7 @@ class _AdminCore:
 
     def __init__(self, client: ClientCore) -> None:
         self.client = client
+        self.messages = MessageQueries(client)
 
     async def targets(self, broker: str | None, cluster: str | None) -> dict[str, str]:
         """Broker name -> master address of the brokers a command applies to."""
@@ -172,6 +204,30 @@ class _AdminCore:
 
 def _queue_id(offset: Any) -> int:
     return int(offset.queue_id)
+
+
+def _time_ms(value: Position, what: str) -> int:
+    """A point in time as ms since the epoch (digits, ISO text, datetime or int)."""
+    try:
+        where, ms = parse_position(value)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    if where is not ConsumeFrom.TIMESTAMP:
+        raise ValueError(f"{what} must be a time (ms since the epoch or ISO), got {value!r}")
+    return ms
+
+
+def _again(letter: MessageExt) -> Message:
+    """The message to send for a dead letter: its original topic, id, keys and the rest."""
+    return Message(
+        letter.topic,
+        letter.body,
+        tags=letter.tags,
+        keys=letter.keys,
+        properties=letter.properties,
+        flag=letter.flag,
+        msg_id=letter.msg_id,
+    )
 
 
 class Admin:
@@ -390,6 +446,133 @@ class Admin:
         core, runner = self._started()
         return runner.run(core.consumers(group), self._wait(8))
 
+    # -- messages (SPEC M19) -----------------------------------------------------------
+
+    def query_by_id(self, topic: str, msg_id: str) -> MessageExt:
+        """The newest record of the uniq id ``msg_id`` in ``topic`` (VIEW_MESSAGE_BY_ID at
+        every broker of the topic).
+
+        Raises:
+            OffsetNotFoundError: no broker has it (code QUERY_NOT_FOUND).
+            NoRouteError: no NameServer knows the topic.
+            InvalidNameError: a bad topic name.
+        """
+        check_topic_name(topic)
+        if not msg_id:
+            raise ValueError("no message id")
+        core, runner = self._started()
+        return runner.run(core.messages.by_id(topic, msg_id), self._wait(8))
+
+    def query_by_key(
+        self,
+        topic: str,
+        key: str,
+        max_num: int = 32,
+        begin: Position | None = None,
+        end: Position | None = None,
+    ) -> list[MessageExt]:
+        """Up to ``max_num`` messages of ``topic`` whose keys include ``key``, newest first
+        (QUERY_MESSAGE at every broker of the topic, merged).
+
+        Args:
+            topic: the topic.
+            key: one key.
+            max_num: at most this many (1..1024).
+            begin, end: store time bounds: ms since the epoch, an ISO time (local without
+                a zone) or a datetime; None: unbounded.
+        """
+        check_topic_name(topic)
+        if not key:
+            raise ValueError("no key")
+        if not 1 <= max_num <= MAX_QUERY_NUM:
+            raise ValueError(f"max_num must be in 1..{MAX_QUERY_NUM}, got {max_num}")
+        begin_ms = 0 if begin is None else _time_ms(begin, "begin")
+        end_ms = 0 if end is None else _time_ms(end, "end")
+        core, runner = self._started()
+        coro = core.messages.by_key(topic, key, max_num, begin_ms, end_ms)
+        return runner.run(coro, self._wait(8))
+
+    def query_by_time(
+        self, topic: str, begin: Position, end: Position, max_num: int = 32
+    ) -> list[MessageExt]:
+        """Up to ``max_num`` messages of ``topic`` stored in [begin, end], oldest first
+        (SEARCH_OFFSET_BY_TIMESTAMP and pulls on every queue, docs/PROTOCOL.md 14.5).
+
+        Args:
+            begin, end: ms since the epoch, an ISO time (local without a zone) or a datetime.
+        """
+        check_topic_name(topic)
+        begin_ms, end_ms = _time_ms(begin, "begin"), _time_ms(end, "end")
+        if end_ms < begin_ms:
+            raise ValueError("end is before begin")
+        if max_num < 1:
+            raise ValueError(f"max_num must be >= 1, got {max_num}")
+        core, runner = self._started()
+        coro = core.messages.by_time(topic, begin_ms, end_ms, max_num)
+        return runner.run(coro, self._wait(8 + max_num))
+
+    # -- dead letters (SPEC M15) --------------------------------------------------------
+
+    def dlq_list(
+        self, group: str, max_num: int = 32, *, include_resent: bool = False
+    ) -> list[DeadLetter]:
+        """Up to ``max_num`` dead letters of ``group`` (``%DLQ%<group>``), oldest first.
+
+        Each :class:`~fabric.admin_messages.DeadLetter` has the message (reported under
+        its original topic, with ``dlq_reason``) and whether :meth:`dlq_resend` sent it
+        again; those are left out unless ``include_resent``. A group with no dead letter
+        (no DLQ topic yet) gets [].
+        """
+        check_group_name(group)
+        if max_num < 1:
+            raise ValueError(f"max_num must be >= 1, got {max_num}")
+        core, runner = self._started()
+        coro = core.messages.dlq_list(group, max_num, include_resent)
+        return runner.run(coro, self._wait(8 + max_num))
+
+    def dlq_resend(
+        self, group: str, msg_ids: Sequence[str] | None = None
+    ) -> list[tuple[MessageExt, SendResult]]:
+        """Send ``group``'s dead letters (or those with ``msg_ids``) again to their
+        original topics, with their uniq ids, keys, tags and properties.
+
+        Letters sent again are remembered on the brokers (the committed offset of the
+        reserved group ``FABRIC_ADMIN`` on each DLQ queue, and, for letters past it, a
+        record of the id in the original topic stored after the letter), so a second
+        call does not send them again.
+
+        Returns:
+            (dead letter, send result) for each letter sent, in DLQ order.
+
+        Raises:
+            FabricError: a send or request failed (what was sent before stays recorded).
+        """
+        check_group_name(group)
+        wanted = None if msg_ids is None else set(msg_ids)
+        core, runner = self._started()
+        pending = runner.run(core.messages.dlq_pending(group), self._wait(64))
+        done: list[tuple[MessageExt, SendResult]] = []
+        if not any(p.letters for p in pending):
+            return done
+        with Producer(ADMIN_GROUP, nameservers=self.nameservers) as producer:
+            for queue in pending:
+                offset, advancing = queue.start, True
+                try:
+                    for letter in queue.letters:
+                        chosen = wanted is None or letter.msg_id in wanted
+                        if chosen and letter.dead_letter:
+                            check = core.messages.resent_already(letter)
+                            if not runner.run(check, self._wait(8)):
+                                done.append((letter, producer.send(_again(letter))))
+                        else:
+                            advancing = False  # not chosen (or no ORIGIN_TOPIC): pending
+                        if advancing:
+                            offset = letter.queue_offset + 1
+                finally:
+                    if offset > queue.start:
+                        runner.run(core.messages.commit(queue.queue, offset), self._wait())
+        return done
+
     def shutdown(self) -> None:
         """Close the connections and stop the I/O thread. Idempotent."""
         core, runner = self._core, self._runner
@@ -432,6 +615,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     objects = parser.add_subparsers(dest="object", metavar="OBJECT")
     objects.required = True
     _add_group_arguments(objects)
+    add_message_commands(objects)
+    add_dlq_commands(objects)
     topic = objects.add_parser("topic", help="create, update, delete and list topics")
     actions = topic.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
@@ -504,6 +689,10 @@ def run(args: argparse.Namespace) -> int:
 def _run(admin: Admin, args: argparse.Namespace) -> int:
     if args.object == "group":
         return _run_group(admin, args)
+    if args.object == "message":
+        return run_message_command(admin, args)
+    if args.object == "dlq":
+        return run_dlq_command(admin, args)
     scope = {"broker": args.broker, "cluster": args.cluster}
     if args.action in ("create", "update"):
         put = admin.create_topic if args.action == "create" else admin.update_topic

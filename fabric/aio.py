@@ -10,6 +10,9 @@
         future = p.send_async(Message("Topic", b"more"))   # an asyncio.Future
         await p.send_oneway(Message("Topic", b"log line"))
 
+    async with TransactionProducer("group", nameservers=ns, checker=check) as tp:
+        result = await tp.send_in_transaction(Message("Topic", b"order"), execute, order)
+
     async def on_message(msg):             # a coroutine function: awaited on the loop
         return ConsumeStatus.CONSUME_SUCCESS
 
@@ -24,12 +27,14 @@ fabric.consumer.push_core) on the running loop itself: no I/O thread and no thre
 The sockets belong to that loop (the rule of fabric.iothread), so a client is used on
 the loop that started it, and ``send_async`` callbacks run on that loop and must not
 block. A PushConsumer's listener may be a coroutine function (awaited on the loop, at
-most ``consume_threads`` at a time) or a plain function (called on worker threads).
+most ``consume_threads`` at a time) or a plain function (called on worker threads); so
+may a TransactionProducer's local transaction and checker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Final, Generic, TypeVar
@@ -48,9 +53,16 @@ from fabric.consumer.push import PushConsumerFront
 from fabric.consumer.push_core import PushConsumerCore
 from fabric.message import Message, MessageQueue, PullResult, SendResult
 from fabric.producer import ProducerFront
+from fabric.protocol.codes import SendStatus, TransactionState
 from fabric.sending import ProducerCore, SendCallback
+from fabric.transaction import (
+    LocalTransaction,
+    TransactionCore,
+    TransactionFront,
+    TransactionSendResult,
+)
 
-__all__ = ["Producer", "PullConsumer", "PushConsumer"]
+__all__ = ["Producer", "PullConsumer", "PushConsumer", "TransactionProducer"]
 
 _CLOSE_TIMEOUT: Final = 5.0
 
@@ -217,6 +229,63 @@ class Producer(ProducerFront, _AsyncFront[ProducerCore]):
         """Let sends on their way finish (up to ``timeout``), then close. Idempotent."""
         limit = self._timeout(timeout)
         await self._stop(lambda core: core.close(limit))
+
+
+class TransactionProducer(TransactionFront, Producer):
+    """An asyncio producer of transactional messages; arguments as
+    ``fabric.TransactionProducer``, ``send_in_transaction`` awaitable.
+
+    ``execute`` and ``checker`` may be coroutine functions (awaited on the loop) or plain
+    functions (called on worker threads, so that the loop keeps serving heartbeats).
+
+    Usage::
+
+        async def execute(msg, arg):
+            await db.insert(arg)
+            return TransactionState.COMMIT
+
+        async with TransactionProducer("group", nameservers=ns, checker=check) as tp:
+            result = await tp.send_in_transaction(Message("Orders", b"..."), execute, order)
+    """
+
+    _noun = "producer"
+    _role = "transaction producer"
+    _allow_async = True
+
+    async def send_in_transaction(
+        self,
+        msg: Message,
+        execute: LocalTransaction,
+        arg: Any = None,
+        *,
+        timeout: float | None = None,
+    ) -> TransactionSendResult:
+        """Send ``msg`` as a half message, run ``execute(msg, arg)``, commit or roll back;
+        as ``fabric.TransactionProducer.send_in_transaction``."""
+        self._check_execute(execute)
+        core = self._started()
+        assert isinstance(core, TransactionCore)
+        future: asyncio.Future[SendResult] = core.loop.create_future()
+        item = core.prepare(msg, sink=future, timeout=timeout, transactional=True)
+        core.wait_for_room(block=False)
+        core.submit(item)
+        half = await future
+        if half.status is SendStatus.SEND_OK:
+            named = self._with_id(msg, half)
+            try:
+                if inspect.iscoroutinefunction(execute):
+                    value = await execute(named, arg)
+                else:
+                    value = await asyncio.to_thread(execute, named, arg)
+                    if inspect.isawaitable(value):
+                        value = await value
+                state = self._state_after(value)
+            except Exception as exc:
+                state = self._failed(exc, half)
+        else:  # stored, durability unknown: RocketMQ rolls back
+            state = TransactionState.ROLLBACK
+        await core.end_transaction(half, state, self._timeout(timeout))
+        return self._result(half, state)
 
 
 class PullConsumer(PullConsumerFront, _AsyncFront[PullConsumerCore]):

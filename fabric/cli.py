@@ -20,7 +20,10 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "nameserver": ("run a NameServer (route discovery)", "nameserver.cli"),
     "broker": ("run a broker (stores and serves messages)", "broker.cli"),
     "up": ("run a local fabric: one NameServer and one broker", "fabric.up"),
-    "admin": ("administer topics (create, update, delete, list)", "fabric.admin"),
+    "admin": (
+        "administer topics, consumer groups, message queries and dead letters",
+        "fabric.admin",
+    ),
     "bench": ("benchmark a fabric: producer, consumer, e2e, latency", "fabric.bench.cli"),
 }
 

@@ -26,14 +26,15 @@ from typing import Final
 import msgspec
 
 from fabric.errors import InvalidNameError, MessageIllegalError, MessageTooLargeError
-from fabric.protocol.codes import PullStatus, ResponseCode, SendStatus, SysFlag
+from fabric.protocol.codes import DELAY_LEVELS, PullStatus, ResponseCode, SendStatus, SysFlag
 from fabric.protocol.frames import MAX_MESSAGE_BYTES
-from fabric.protocol.names import check_topic
+from fabric.protocol.names import DLQ_PREFIX, RETRY_PREFIX, check_topic
 from fabric.protocol.records import Record
 
 __all__ = [
     "DEFAULT_COMPRESS_LEVEL",
     "DEFAULT_COMPRESS_THRESHOLD",
+    "MAX_DELAY_LEVEL",
     "MAX_PROPERTIES_BYTES",
     "Message",
     "MessageExt",
@@ -53,7 +54,15 @@ DEFAULT_COMPRESS_LEVEL: Final = 5
 #: ``max_properties_size``, docs/STORAGE.md), estimated before anything is sent.
 MAX_PROPERTIES_BYTES: Final = 32 * 1024
 
+#: The highest ``delay_level`` (levels 1..18 of DELAY_LEVELS; 0 means none).
+MAX_DELAY_LEVEL: Final = len(DELAY_LEVELS)
+# Latest ``deliver_at`` accepted (year 10000): its milliseconds fit any int64 on the wire.
+_MAX_DELIVER_AT: Final = 253_402_300_800.0
+
 _COMPRESSED: Final = int(SysFlag.COMPRESSED)
+#: System property keys a consumer reads (docs/PROTOCOL.md 14).
+_ORIGIN_TOPIC: Final = "ORIGIN_TOPIC"
+_DLQ_REASON: Final = "DLQ_REASON"
 
 _BODY_TYPES: Final = (bytes, bytearray, memoryview)
 
@@ -70,12 +79,34 @@ class Message:
         flag: an application flag, stored as given.
         msg_id: an explicit unique id; by default each send gets a fresh one
             (:func:`new_msg_id`), and the retries of that send reuse it.
+        delay_level: deliver after the fixed delay of this level, 1..18 (the broker's
+            ``delay_levels``; by default 1 s, 5 s, 10 s, 30 s, 1 min ... 2 h, see
+            ``fabric.protocol.codes.DELAY_LEVELS``); 0: no delay.
+        deliver_at: deliver at this time, in seconds since the epoch (``time.time()``
+            style, fractions allowed; the broker delivers within about a second after
+            it); None: now. A time already past is delivered at once.
+
+    ``delay_level`` and ``deliver_at`` exclude each other. A delayed or timed message is
+    stored aside until it is due, so its SendResult's ``queue_offset`` is -1 (its queue
+    offset exists only once it is delivered; docs/PROTOCOL.md section 14.1). Both are
+    checked before anything is sent: MessageIllegalError when both are set, when the
+    level is outside 0..18, or when ``deliver_at`` is not a finite positive number.
 
     A Message is only read by the producer, never changed, so one object may be sent
     many times (each send is a new message with a new id unless ``msg_id`` is set).
     """
 
-    __slots__ = ("body", "flag", "keys", "msg_id", "properties", "tags", "topic")
+    __slots__ = (
+        "body",
+        "delay_level",
+        "deliver_at",
+        "flag",
+        "keys",
+        "msg_id",
+        "properties",
+        "tags",
+        "topic",
+    )
 
     def __init__(
         self,
@@ -87,6 +118,8 @@ class Message:
         properties: Mapping[str, str] | None = None,
         flag: int = 0,
         msg_id: str | None = None,
+        delay_level: int = 0,
+        deliver_at: float | None = None,
     ) -> None:
         self.topic = topic
         self.body = body
@@ -96,6 +129,10 @@ class Message:
         self.properties: dict[str, str] = dict(properties) if properties else {}
         self.flag = flag
         self.msg_id = msg_id
+        self.delay_level = delay_level
+        self.deliver_at = deliver_at
+        if deliver_at is not None or delay_level != 0:
+            self.timing()  # a bad value fails here, where the application wrote it
 
     def validate(self, max_size: int = MAX_MESSAGE_BYTES) -> None:
         """Check the message before it goes on the wire.
@@ -135,6 +172,8 @@ class Message:
             raise MessageIllegalError(
                 "tags must be a str and flag an int", code=ResponseCode.MESSAGE_ILLEGAL
             )
+        if self.deliver_at is not None or self.delay_level != 0:
+            self.timing()
         if not (self.keys or self.properties):
             return len(self.tags)
         extra = _properties_size(self.tags, self.keys, self.properties)
@@ -146,9 +185,51 @@ class Message:
             )
         return extra
 
+    def timing(self) -> tuple[int, int]:
+        """The checked ``(delay_level, deliver_at in ms since the epoch)`` of the wire (0: none).
+
+        Raises:
+            MessageIllegalError: both are set, the level is not an int in 0..18, or
+                ``deliver_at`` is not a finite number of seconds after the epoch.
+        """
+        level, at = self.delay_level, self.deliver_at
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise MessageIllegalError(
+                f"delay_level must be an int in 0..{MAX_DELAY_LEVEL}, got {level!r}",
+                code=ResponseCode.MESSAGE_ILLEGAL,
+            )
+        if not 0 <= level <= MAX_DELAY_LEVEL:
+            raise MessageIllegalError(
+                f"delay_level must be in 0..{MAX_DELAY_LEVEL} (0: no delay), got {level}",
+                code=ResponseCode.MESSAGE_ILLEGAL,
+            )
+        if at is None:
+            return level, 0
+        if isinstance(at, bool) or not isinstance(at, int | float):
+            raise MessageIllegalError(
+                f"deliver_at must be seconds since the epoch (a float), got {at!r}",
+                code=ResponseCode.MESSAGE_ILLEGAL,
+            )
+        if not 0 < at < _MAX_DELIVER_AT:  # False for NaN too
+            raise MessageIllegalError(
+                f"deliver_at must be a time after the epoch, in seconds, got {at!r}",
+                code=ResponseCode.MESSAGE_ILLEGAL,
+            )
+        if level:
+            raise MessageIllegalError(
+                "set delay_level or deliver_at, not both", code=ResponseCode.MESSAGE_ILLEGAL
+            )
+        # At least 1: 0 on the wire means "no time" (a time that early is past anyway).
+        return 0, max(1, int(at * 1000))
+
     def __repr__(self) -> str:
         size = len(self.body) if isinstance(self.body, bytes | bytearray) else "?"
-        return f"Message(topic={self.topic!r}, body=<{size} bytes>, tags={self.tags!r})"
+        timing = ""
+        if self.delay_level:
+            timing = f", delay_level={self.delay_level!r}"
+        elif self.deliver_at is not None:
+            timing = f", deliver_at={self.deliver_at!r}"
+        return f"Message(topic={self.topic!r}, body=<{size} bytes>, tags={self.tags!r}{timing})"
 
 
 def _properties_size(tags: str, keys: tuple[str, ...], properties: dict[str, str]) -> int:
@@ -182,15 +263,23 @@ class MessageQueue(msgspec.Struct, frozen=True, order=True, gc=False):
 
 
 class SendResult(msgspec.Struct, frozen=True, gc=False):
-    """The outcome of one stored message (SPEC M2)."""
+    """The outcome of one stored message (SPEC M2).
+
+    A delayed or timed message (``delay_level``, ``deliver_at``) and a transaction's half
+    message wait aside until they are due or committed: their ``queue`` is the queue they
+    will be delivered to, and their ``queue_offset`` is -1 (docs/PROTOCOL.md 14.1, 14.3).
+    """
 
     status: SendStatus
     #: The producer's unique id of the message (SPEC M7).
     msg_id: str
-    #: The queue the message was stored in.
+    #: The queue the message was stored in (or will be delivered to).
     queue: MessageQueue
-    #: Its offset in that queue.
+    #: Its offset in that queue; -1 while it waits aside (delayed, timed, half message).
     queue_offset: int
+    #: Where the record starts in the broker's CommitLog, when the reply said (a message
+    #: sent alone); -1 otherwise (coalesced and batch sends).
+    commitlog_offset: int = -1
 
 
 class MessageExt(msgspec.Struct, frozen=True, gc=False):
@@ -221,11 +310,27 @@ class MessageExt(msgspec.Struct, frozen=True, gc=False):
     sysflag: int = 0
     born_host: str = ""
     store_host: str = ""
+    #: The topic the record is stored in, when the message is reported under another:
+    #: a retried message (``%RETRY%<group>``) or a dead letter (``%DLQ%<group>``) keeps
+    #: its original topic in ``topic`` (docs/PROTOCOL.md 14); "" for ordinary messages.
+    store_topic: str = ""
+    #: Why a dead letter is one (the broker's ``DLQ_REASON``); "" otherwise.
+    dlq_reason: str = ""
 
     @property
     def queue(self) -> MessageQueue:
-        """The queue this message came from."""
-        return MessageQueue(self.topic, self.broker_name, self.queue_id)
+        """The queue this message came from (the retry or dead-letter queue for those)."""
+        return MessageQueue(self.store_topic or self.topic, self.broker_name, self.queue_id)
+
+    @property
+    def retry(self) -> bool:
+        """True for a message consumed again from its group's retry topic."""
+        return self.store_topic.startswith(RETRY_PREFIX)
+
+    @property
+    def dead_letter(self) -> bool:
+        """True for a message read from a dead-letter topic (``%DLQ%<group>``)."""
+        return self.store_topic.startswith(DLQ_PREFIX)
 
     @classmethod
     def from_record(cls, record: Record, broker_name: str = "") -> MessageExt:
@@ -244,8 +349,13 @@ class MessageExt(msgspec.Struct, frozen=True, gc=False):
                     f"cannot decompress the body: {exc}",
                     code=ResponseCode.MESSAGE_ILLEGAL,
                 ) from exc
+        # Broker-only system properties never reach ``properties``; ORIGIN_TOPIC names
+        # the topic a retried message or a dead letter was first sent to.
+        sys_props = record.sys
+        origin = sys_props.get(_ORIGIN_TOPIC, "") if sys_props else ""
+        store_topic = record.topic if origin and origin != record.topic else ""
         return cls(
-            topic=record.topic,
+            topic=origin or record.topic,
             body=body,
             tags=record.tags,
             keys=record.keys,
@@ -263,6 +373,8 @@ class MessageExt(msgspec.Struct, frozen=True, gc=False):
             sysflag=record.sysflag,
             born_host=record.born_host,
             store_host=record.store_host,
+            store_topic=store_topic,
+            dlq_reason=sys_props.get(_DLQ_REASON, "") if sys_props else "",
         )
 
 

@@ -12,7 +12,7 @@ import concurrent.futures
 from collections.abc import Sequence
 from typing import Any
 
-from fabric.client import BlockingFront, ClientCore, new_future
+from fabric.client import BlockingFront, ClientCore, LoopRunner, new_future
 from fabric.direct import DirectRequester
 from fabric.errors import InvalidNameError
 from fabric.message import (
@@ -163,6 +163,12 @@ class Producer(ProducerFront, BlockingFront[ProducerCore]):
         """
         core, runner = self._started()
         item = core.prepare(msg, key=sharding_key, queue=queue, timeout=timeout)
+        return self._send_item(core, runner, item, timeout)
+
+    def _send_item(
+        self, core: ProducerCore, runner: LoopRunner, item: Any, timeout: float | None
+    ) -> SendResult:
+        """Send a prepared message and wait: direct first, else (or to retry) on the loop."""
         direct = self._direct
         if direct is not None and not runner.io.in_loop_thread():
             result = core.send_direct(item, direct)

@@ -31,6 +31,13 @@ producer and a sync send close to a raw round trip):
    results (the message is stored), never retried. A coalesced request refused as a
    whole for a non-retryable reason (e.g. MESSAGE_ILLEGAL) is split, so each message
    gets its own answer.
+   **Idempotent resends (docs/PROTOCOL.md 14.4).** When an attempt's outcome is unknown
+   (no reply in time, or the connection lost with the request in flight: a
+   TransportError), the message may be stored already; every later attempt of that
+   request, the loop's retry of a failed direct attempt included, carries
+   ``resend=True`` so that a broker that stored its uniq ids answers with the first
+   result instead of storing them twice. A retry after a definite refusal (SYSTEM_BUSY
+   and the like: nothing stored) keeps ``resend`` as it was.
 6. **Backpressure.** At most ``max_in_flight`` messages are on their way; a blocking
    ``send_async`` beyond that waits for room.
 
@@ -38,9 +45,10 @@ producer and a sync send close to a raw round trip):
    by the calling thread and waits for the reply there (fabric.direct): two thread
    hops fewer, which is most of the distance to a raw round trip. Only the first
    attempt goes that way; a send with no route or connection yet, and the retry of
-   a failed attempt, take the loop path above (they carry their attempt count and
-   the broker to avoid). A sync send with a sharding key goes direct only when no
-   earlier send is still on the loop, so it never overtakes one.
+   a failed attempt, take the loop path above (they carry their attempt count, the
+   broker to avoid, and whether that attempt's outcome is unknown: ``resend``). A
+   sync send with a sharding key goes direct only when no earlier send is still on
+   the loop, so it never overtakes one.
 
 Per-key order: sends with one ``sharding_key`` go to one queue (fabric.selector);
 sync sends with a key are stored in the order they were made. Retries go to the same
@@ -85,7 +93,7 @@ from fabric.message import (
     compress_body,
     new_msg_id,
 )
-from fabric.protocol.codes import RequestCode, ResponseCode, SendStatus, send_status_for
+from fabric.protocol.codes import RequestCode, ResponseCode, SendStatus, SysFlag, send_status_for
 from fabric.protocol.frames import (
     MAX_BATCH_MESSAGES,
     MAX_MESSAGE_BYTES,
@@ -123,6 +131,7 @@ _ENTRY_OVERHEAD: Final = 96
 _INVALID_STATE: Final = (concurrent.futures.InvalidStateError, asyncio.InvalidStateError)
 # Seconds a graceful shutdown gives oneway sends already handed over to reach a broker.
 _ONEWAY_LINGER: Final = 1.0
+_PREPARED: Final = int(SysFlag.TRANSACTION_PREPARED)
 
 
 class ProducerOptions(msgspec.Struct, kw_only=True, frozen=True):
@@ -194,6 +203,8 @@ class _Send(msgspec.Struct, gc=False):
     attempts: int = 0
     #: The broker that failed that attempt, to avoid on the next one.
     avoid: str | None = None
+    #: That attempt's outcome is unknown: send it again with ``resend`` (14.4).
+    resend: bool = False
 
 
 class _Chunk:
@@ -209,6 +220,7 @@ class _Chunk:
         "key",
         "oneway",
         "queue",
+        "resend",
         "topic",
         "user_batch",
     )
@@ -235,6 +247,8 @@ class _Chunk:
         self.deadline = min(item.deadline for item in items)
         self.attempts = 0
         self.avoid: str | None = None
+        #: An attempt's outcome was unknown: later attempts set ``resend`` (14.4).
+        self.resend = False
         #: A ``send_batch`` request: one request with one list result, never split.
         self.user_batch = user_batch
 
@@ -290,8 +304,13 @@ class ProducerCore:
         queue: MessageQueue | None = None,
         timeout: float | None = None,
         oneway: bool = False,
+        transactional: bool = False,
     ) -> _Send:
         """Validate, id, compress and encode ``msg`` (in the caller's thread).
+
+        ``transactional`` makes it a half message (SysFlag TRANSACTION_PREPARED,
+        docs/PROTOCOL.md 14.3): it is always sent alone, never coalesced, so that its
+        reply (with the CommitLog offset END_TRANSACTION names) is its own.
 
         Raises:
             RuntimeError: the producer is shut down.
@@ -320,6 +339,8 @@ class ProducerCore:
         if type(body) is not bytes:
             body = bytes(body)
         payload, sysflag = compress_body(body, options.compress_threshold, options.compress_level)
+        if transactional:
+            sysflag |= _PREPARED
         entry = BatchEntry(
             tags=msg.tags,
             # A tuple where the Struct says list: msgspec encodes both as an array, and
@@ -331,6 +352,13 @@ class ProducerCore:
             sysflag=sysflag,
             born_timestamp=int(time.time() * 1000),
         )
+        if msg.delay_level or msg.deliver_at is not None:  # checked by check_fields
+            if transactional:
+                raise MessageIllegalError(
+                    "a transactional message cannot be delayed or timed",
+                    code=ResponseCode.MESSAGE_ILLEGAL,
+                )
+            entry.delay_level, entry.deliver_at = msg.timing()
         deadline = self.loop.time() + (options.send_timeout if timeout is None else timeout)
         size = len(payload) + extra + _ENTRY_OVERHEAD
         return _Send(topic, entry, payload, size, deadline, sink, callback, key, queue, oneway)
@@ -419,18 +447,7 @@ class ProducerCore:
         if address is None:
             return None
         e = item.entry
-        body = SendMessageBody(
-            producer_group=self.group,
-            topic=topic,
-            queue_id=mq.queue_id,
-            tags=e.tags,
-            keys=e.keys,
-            uniq_id=e.uniq_id,
-            properties=e.properties,
-            flag=e.flag,
-            sysflag=e.sysflag,
-            born_timestamp=e.born_timestamp,
-        )
+        body = _single_body(self.group, topic, mq.queue_id, e, False)
         started = time.monotonic()
         remaining = item.deadline - started
         error: FabricError
@@ -442,6 +459,7 @@ class ProducerCore:
             return None
         except TransportError as exc:
             error = exc
+            item.resend = True  # the broker may have stored it: the retry says so
         else:
             status = send_status_for(reply.code)
             if status is not None:
@@ -451,7 +469,9 @@ class ProducerCore:
                 except FrameError as exc:
                     raise ProtocolError(f"bad send reply: {exc.remark}", address=address) from None
                 queue = _queue_of(mq, one.broker_name, one.queue_id)
-                return SendResult(status, one.msg_id or e.uniq_id, queue, one.queue_offset)
+                return SendResult(
+                    status, one.msg_id or e.uniq_id, queue, one.queue_offset, one.commitlog_offset
+                )
             error = from_response(reply.code, reply.remark, address=address)
             if not (error.retryable or isinstance(error, NoPermissionError)):
                 raise error
@@ -533,9 +553,11 @@ class ProducerCore:
             if isinstance(item, _Chunk):
                 self._launch(item)
                 continue
-            if item.attempts:  # a retry of a direct send: its own request, its own count
+            # A retry of a direct send (its own request, its own count), or a half message
+            # (its reply must be its own).
+            if item.attempts or item.entry.sysflag & _PREPARED:
                 chunk = _Chunk(topic, [item], key=item.key, queue=item.queue)
-                chunk.attempts, chunk.avoid = item.attempts, item.avoid
+                chunk.attempts, chunk.avoid, chunk.resend = item.attempts, item.avoid, item.resend
                 self._launch(chunk)
                 continue
             queue = item.queue
@@ -637,20 +659,8 @@ class ProducerCore:
         code: RequestCode
         body: msgspec.Struct
         if len(items) == 1 and not chunk.user_batch:
-            e = items[0].entry
             code = RequestCode.SEND_MESSAGE
-            body = SendMessageBody(
-                producer_group=self.group,
-                topic=topic,
-                queue_id=mq.queue_id,
-                tags=e.tags,
-                keys=e.keys,
-                uniq_id=e.uniq_id,
-                properties=e.properties,
-                flag=e.flag,
-                sysflag=e.sysflag,
-                born_timestamp=e.born_timestamp,
-            )
+            body = _single_body(self.group, topic, mq.queue_id, items[0].entry, chunk.resend)
         else:
             code = RequestCode.SEND_BATCH_MESSAGE
             body = SendBatchBody(
@@ -658,6 +668,7 @@ class ProducerCore:
                 topic=topic,
                 queue_id=mq.queue_id,
                 messages=[item.entry for item in items],
+                resend=chunk.resend,
             )
         try:
             conn = self.client.connection(address)
@@ -710,6 +721,8 @@ class ProducerCore:
     ) -> None:
         broker = mq.broker_name
         if isinstance(outcome, FabricError):
+            if isinstance(outcome, TransportError):
+                chunk.resend = True  # no reply: it may be stored (14.4)
             self._note_failure(broker, outcome)
             self.routes.refresh_soon(chunk.topic, provisional=True)
             self._retry(chunk, broker, outcome)
@@ -742,9 +755,8 @@ class ProducerCore:
         if len(items) == 1 and not chunk.user_batch:
             one = reply.decode(SendReply)
             queue = _queue_of(mq, one.broker_name, one.queue_id)
-            return [
-                SendResult(status, one.msg_id or items[0].entry.uniq_id, queue, one.queue_offset)
-            ]
+            msg_id = one.msg_id or items[0].entry.uniq_id
+            return [SendResult(status, msg_id, queue, one.queue_offset, one.commitlog_offset)]
         many = reply.decode(SendBatchReply)
         if len(many.queue_offsets) != len(items):
             raise FrameError(
@@ -781,7 +793,7 @@ class ProducerCore:
             single = _Chunk(
                 chunk.topic, [item], queue=chunk.queue, key=chunk.key, oneway=chunk.oneway
             )
-            single.attempts = chunk.attempts
+            single.attempts, single.resend = chunk.attempts, chunk.resend
             self._launch(single)
 
     def _succeed(self, chunk: _Chunk, results: list[SendResult] | None) -> None:
@@ -855,6 +867,27 @@ class ProducerCore:
         for topic in list(self._parked):
             for item in self._parked.pop(topic):
                 self._fail_item(item, shut)
+
+
+def _single_body(
+    group: str, topic: str, queue_id: int, e: BatchEntry, resend: bool
+) -> SendMessageBody:
+    """The SEND_MESSAGE body of one prepared entry."""
+    return SendMessageBody(
+        producer_group=group,
+        topic=topic,
+        queue_id=queue_id,
+        tags=e.tags,
+        keys=e.keys,
+        uniq_id=e.uniq_id,
+        properties=e.properties,
+        flag=e.flag,
+        sysflag=e.sysflag,
+        born_timestamp=e.born_timestamp,
+        delay_level=e.delay_level,
+        deliver_at=e.deliver_at,
+        resend=resend,
+    )
 
 
 def _queue_of(mq: MessageQueue, broker_name: str, queue_id: int) -> MessageQueue:

@@ -61,6 +61,11 @@ def test_every_example_is_covered() -> None:
         "ordered_consumer.py",
         "tag_filter.py",
         "sql_filter.py",
+        "delayed_message.py",
+        "timed_message.py",
+        "transaction.py",
+        "retry_dead_letter.py",
+        "query_message.py",
     }
 
 
@@ -149,3 +154,36 @@ def test_sql_filter(fabric_endpoint: str) -> None:
     out = run_example("sql_filter.py", "--nameserver", fabric_endpoint, "--topic", "ExSql")
     assert "refused at subscribe time:" in out and "column" in out
     assert "received 3 messages, expected 3" in out
+
+
+def test_retry_dead_letter(fabric_endpoint: str) -> None:
+    out = run_example("retry_dead_letter.py", "--nameserver", fabric_endpoint, "--topic", "ExRetry")
+    assert "'poison' delivery 1: fails" in out
+    assert "'poison' delivery 2 (from the retry topic): fails" in out
+    assert "dead letter: " in out and "reason='max reconsume times 1 reached'" in out
+    assert "'poison' delivery 1: ok" in out, "the resent letter is a new message"
+    assert "the dead letter was consumed after its resend" in out
+
+
+def test_query_message(fabric_endpoint: str) -> None:
+    out = run_example("query_message.py", "--nameserver", fabric_endpoint, "--topic", "ExQuery")
+    assert out.count("body='order ") == 11  # 1 by id, 5 by key, 5 by time
+    assert "every query found what was sent" in out
+
+
+def test_delayed_message(fabric_endpoint: str) -> None:
+    out = run_example("delayed_message.py", "--nameserver", fabric_endpoint, "--topic", "ExDelay")
+    assert "with delay level 1, queue offset -1" in out
+    assert "received after" in out  # and not before its 1 s (else the exit is 1)
+
+
+def test_timed_message(fabric_endpoint: str) -> None:
+    out = run_example("timed_message.py", "--nameserver", fabric_endpoint, "--topic", "ExTimed")
+    assert "s after its time" in out
+
+
+def test_transaction(fabric_endpoint: str) -> None:
+    out = run_example("transaction.py", "--nameserver", fabric_endpoint, "--topic", "ExTx")
+    assert "order paid: " in out and " COMMIT" in out
+    assert "order unpaid: " in out and " ROLLBACK" in out
+    assert "received: ['paid']" in out

@@ -36,6 +36,9 @@ EXPECTED = [
     "ServiceUnavailableError",
     "TopicExistsError",
     "TopicNotExistError",
+    "TransactionProducer",
+    "TransactionSendResult",
+    "TransactionState",
     "TransportError",
     "UnexpectedResponseError",
     "UnsupportedError",
@@ -55,10 +58,13 @@ def test_every_exported_name_exists_and_is_public() -> None:
 
 
 def test_the_asyncio_api_has_the_same_client_names() -> None:
-    assert fabric.aio.__all__ == ["Producer", "PullConsumer", "PushConsumer"]
+    assert fabric.aio.__all__ == ["Producer", "PullConsumer", "PushConsumer", "TransactionProducer"]
     blocking, awaitable = fabric.Producer, fabric.aio.Producer
     for name in ("start", "send", "send_async", "send_oneway", "send_batch", "flush", "shutdown"):
         assert hasattr(blocking, name) and hasattr(awaitable, name), name
+    for name in ("start", "send", "send_in_transaction", "shutdown"):
+        blocking_tx, awaitable_tx = fabric.TransactionProducer, fabric.aio.TransactionProducer
+        assert hasattr(blocking_tx, name) and hasattr(awaitable_tx, name), name
     for name in ("start", "queues", "pull", "commit", "committed", "shutdown"):
         assert hasattr(fabric.PullConsumer, name) and hasattr(fabric.aio.PullConsumer, name), name
     for name in ("start", "subscribe", "assignment", "shutdown"):

@@ -7,7 +7,9 @@ GET_CONSUMER_LIST_BY_GROUP to learn the members, and LOCK_BATCH_MQ for ordered
 consumption; :meth:`GroupMembership.assignment` turns routes and members into the queues
 this consumer should own (fabric.consumer.rebalance). Failures are logged through a
 :class:`LogThrottle` (one line per subject every 10 s) and never raised, except a filter
-or group name a broker refuses, which the consumer's start reports.
+or group name a broker refuses, which the consumer's start reports. The group's retry
+topic (``%RETRY%<group>``) has no route until a broker creates it on the first send-back
+(docs/PROTOCOL.md 14.2): that is expected, and is not logged; each rebalance asks again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from loguru import logger
 from fabric.client import ClientCore
 from fabric.consumer.rebalance import allocate
 from fabric.consumer.subscription import Subscription
-from fabric.errors import FabricError, InvalidFilterError, InvalidNameError
+from fabric.errors import FabricError, InvalidFilterError, InvalidNameError, NoRouteError
 from fabric.message import MessageQueue
 from fabric.protocol.codes import MessageModel, RequestCode
 from fabric.protocol.messages import (
@@ -35,6 +37,7 @@ from fabric.protocol.messages import (
     QueueRef,
     UnregisterClientBody,
 )
+from fabric.protocol.names import RETRY_PREFIX
 
 __all__ = ["LOG_INTERVAL", "GroupMembership", "LogThrottle"]
 
@@ -104,6 +107,11 @@ class GroupMembership:
         """The brokers serving ``topics`` (their routes asked for when missing)."""
         found: set[str] = set()
         for topic in topics:
+            if topic.startswith(RETRY_PREFIX):
+                # Not asked for here (it may not exist yet): the rebalance asks for it.
+                cached = self.routes.cached(topic)
+                if cached is None:
+                    continue
             try:
                 route = await self.routes.get(topic)
             except FabricError as exc:
@@ -207,6 +215,12 @@ class GroupMembership:
         for topic in list(subscriptions):
             try:
                 route = await self.routes.get(topic)
+            except NoRouteError as exc:
+                if not topic.startswith(RETRY_PREFIX):  # created on the first send-back
+                    self.throttle.warn(
+                        ("route", topic), "consumer {}: no route for {}: {}", self.group, topic, exc
+                    )
+                continue
             except FabricError as exc:
                 self.throttle.warn(
                     ("route", topic), "consumer {}: no route for {}: {}", self.group, topic, exc

@@ -136,8 +136,14 @@ class PushConsumerOptions(msgspec.Struct, kw_only=True, frozen=True):
     rebalance_interval: float = DEFAULT_REBALANCE_INTERVAL
     #: Seconds a queue lock lasts on the broker; the consumer renews every third of it.
     lock_expiry: float = DEFAULT_LOCK_EXPIRY
-    #: Seconds before a message whose listener said RECONSUME_LATER (or raised) is retried.
+    #: Seconds before a message whose listener said RECONSUME_LATER (or raised) is retried
+    #: locally: always in BROADCASTING and ordered mode, and in CLUSTERING when sending it
+    #: back to the broker failed (docs/PROTOCOL.md 14.2).
     reconsume_delay: float = 1.0
+    #: Deliveries a failing message gets before it goes to the group's dead-letter topic.
+    #: CLUSTERING: sent with each send-back; -1 is the broker's (16). Ordered mode: local
+    #: retries before the send to the DLQ; -1 retries for ever (RocketMQ's orderly rule).
+    max_reconsume_times: int = -1
     #: Concurrent mode: seconds a queue being handed over waits for its listeners.
     release_timeout: float = 5.0
     #: Seconds shutdown() waits for listeners before it commits and closes.
@@ -181,6 +187,10 @@ class PushConsumerOptions(msgspec.Struct, kw_only=True, frozen=True):
         ):
             if not number >= 0:
                 raise ValueError(f"{name} must be >= 0, got {number}")
+        if not isinstance(self.max_reconsume_times, int) or self.max_reconsume_times < -1:
+            raise ValueError(
+                f"max_reconsume_times must be -1 or >= 0, got {self.max_reconsume_times!r}"
+            )
         if self.instance_name and not _INSTANCE_NAME.match(self.instance_name):
             raise ValueError(
                 f"instance_name must be 1..64 of A-Z a-z 0-9 _ . % -, got {self.instance_name!r}"

@@ -88,6 +88,7 @@ class PushConsumerFront:
         allocation: str = DEFAULT_STRATEGY,
         consume_threads: int = 8,
         reconsume_delay: float = 1.0,
+        max_reconsume_times: int = -1,
         heartbeat_interval: float = DEFAULT_CLIENT_HEARTBEAT_INTERVAL,
         rebalance_interval: float = DEFAULT_REBALANCE_INTERVAL,
         lock_expiry: float = DEFAULT_LOCK_EXPIRY,
@@ -119,6 +120,7 @@ class PushConsumerFront:
             rebalance_interval=rebalance_interval,
             lock_expiry=lock_expiry,
             reconsume_delay=reconsume_delay,
+            max_reconsume_times=max_reconsume_times,
             release_timeout=release_timeout,
             shutdown_timeout=shutdown_timeout,
             offset_store_dir=offset_store_dir,
@@ -194,7 +196,14 @@ class PushConsumer(PushConsumerFront, BlockingFront[PushConsumerCore]):
         allocation: ``"average"`` (default) or ``"consistent_hash"``.
         consume_threads: worker threads calling listeners.
         reconsume_delay: seconds before a message whose listener returned
-            RECONSUME_LATER (or raised) is consumed again.
+            RECONSUME_LATER (or raised) is consumed again locally: in BROADCASTING and
+            ordered mode, and in CLUSTERING when the send-back to the broker fails.
+            CLUSTERING consumers send failed messages back to the broker, which delivers
+            them again through the group's retry topic after a growing delay (10 s, 30 s,
+            1 min, ...) and moves them to ``%DLQ%<group>`` after ``max_reconsume_times``.
+        max_reconsume_times: deliveries a failing message gets before it becomes a dead
+            letter; -1: the broker's default (16) in CLUSTERING, retry for ever in
+            ordered mode (set it to send a message that keeps failing to the DLQ).
         heartbeat_interval: seconds between two heartbeats to each broker.
         rebalance_interval: seconds between two periodic rebalances.
         lock_expiry: seconds a queue lock lasts on the broker (ordered mode renews it

@@ -22,8 +22,18 @@ the frames brokers push (Flag.PUSH):
   what the stream had in flight, uncommitted, and the next rebalance reopens it.
   Each rebalance also asks every open stream for a reply (a zero-credit CONSUME_ACK):
   a stream a restarted broker no longer knows is reopened.
-* **Failures.** RECONSUME_LATER (or a raised exception) retries the same message after
-  ``reconsume_delay``; its queue's commit offset waits for it (ordered: the queue waits).
+* **Failures** (docs/PROTOCOL.md 14.2). RECONSUME_LATER (or a raised exception): a
+  CLUSTERING consumer sends the message back to the broker it came from
+  (CONSUMER_SEND_MSG_BACK), which delivers it again through ``%RETRY%<group>`` after a
+  delay, or moves it to ``%DLQ%<group>`` after ``max_reconsume_times``; once the broker
+  took it, the original is done and its queue moves on. A CLUSTERING consumer therefore
+  subscribes ``%RETRY%<group>`` (all tags) by itself, and hands each retried message to
+  the listener of its original topic. When the send-back fails, and always in
+  BROADCASTING (RocketMQ has no retry topic there), the same message is retried locally
+  after ``reconsume_delay`` and its queue's commit offset waits for it. Ordered mode
+  retries locally, in place (the queue waits, as RocketMQ suspends it), and after
+  ``max_reconsume_times`` local retries (when set; -1 retries for ever) sends the
+  message to the DLQ (a send-back with ``max_reconsume_times`` 0) and moves on.
   Failures are logged at most once per queue every 10 s.
 """
 
@@ -53,12 +63,14 @@ from fabric.errors import (
     ConnectionClosedError,
     FabricError,
     MessageIllegalError,
+    NoRouteError,
     QueueLockedError,
     StreamNotFoundError,
     TransportError,
 )
+from fabric.filters import TagFilter
 from fabric.message import MessageExt, MessageQueue
-from fabric.protocol.codes import RequestCode, ResponseCode
+from fabric.protocol.codes import FilterType, RequestCode, ResponseCode
 from fabric.protocol.frames import Buffer, FrameError, decode_body
 from fabric.protocol.messages import (
     ConsumeAckBody,
@@ -66,10 +78,13 @@ from fabric.protocol.messages import (
     ConsumeOpenBody,
     ConsumeOpenReply,
     ConsumerGroupBody,
+    ConsumerSendBackBody,
     Empty,
     PushBody,
     StreamClosedBody,
+    SubscriptionData,
 )
+from fabric.protocol.names import retry_topic
 from fabric.protocol.records import RecordError, decode_record
 
 __all__ = ["PushConsumerCore"]
@@ -80,6 +95,19 @@ _PUSH_MESSAGES: Final = int(RequestCode.PUSH_MESSAGES)
 _STREAM_CLOSED: Final = int(RequestCode.STREAM_CLOSED)
 _NOTIFY: Final = int(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED)
 _SUCCESS: Final = ConsumeStatus.CONSUME_SUCCESS
+_LATER: Final = ConsumeStatus.RECONSUME_LATER
+
+
+def _unrouted(msg: MessageExt) -> ConsumeStatus:
+    """The retry subscription's listener: never called (each retried message goes to the
+    listener of its original topic)."""
+    return _LATER
+
+
+def _retry_subscription(topic: str) -> Subscription:
+    """``%RETRY%<group>`` with every tag (docs/PROTOCOL.md 14.2)."""
+    data = SubscriptionData(topic=topic, filter_type=int(FilterType.TAG), expression="*")
+    return Subscription(topic, data, _unrouted, tag_filter=TagFilter())
 
 
 async def _cancel(tasks: list[asyncio.Task[None]], timeout: float) -> None:
@@ -127,6 +155,14 @@ class PushConsumerCore:
         self.store = store
         self._clustering = not options.broadcasting
         self._locking = options.orderly and self._clustering
+        #: CLUSTERING, not ordered: failed messages come back through this topic.
+        self._retry_topic = retry_topic(group) if self._clustering and not options.orderly else ""
+        if self._retry_topic:
+            self.subscriptions[self._retry_topic] = _retry_subscription(self._retry_topic)
+        #: CONSUMER_SEND_MSG_BACK requests in flight.
+        self._send_backs: set[asyncio.Task[None]] = set()
+        #: Broker names that took a send-back and are not in the retry topic's route yet.
+        self._sent_back_to: set[str] = set()
         client.on_push = self._on_push
         self._throttle = LogThrottle(self.loop.time)
         self.membership = GroupMembership(
@@ -220,6 +256,7 @@ class PushConsumerCore:
                     timeout,
                 )
         await _cancel(list(self._releasing.values()), self.options.request_timeout)
+        await _cancel(list(self._send_backs), self.options.request_timeout)
         self._flush_acks()
         streams = [pq for pq in self._streams.values() if pq.state is not StreamState.DROPPED]
         await asyncio.gather(*(self._close_stream(pq, unlock=self._locking) for pq in streams))
@@ -277,6 +314,8 @@ class PushConsumerCore:
         if self._heartbeat_due:
             self._heartbeat_due = False
             await self.membership.heartbeat(self.subscriptions, strict=False)
+        if self._sent_back_to:
+            await self._refresh_retry_route()
         desired = await self.membership.assignment(self.subscriptions)
         dropped: list[MessageQueue] = []
         for mq, pq in list(self._queues.items()):
@@ -306,6 +345,20 @@ class PushConsumerCore:
                 ", ".join(str(q) for q in sorted(self._queues)) or "none",
             )
 
+    async def _refresh_retry_route(self) -> None:
+        """Ask for the retry topic's route again while a broker that took a send-back is
+        not in it (the broker creates the topic on the first one, 14.2)."""
+        route = self.routes.cached(self._retry_topic)
+        if route is not None:
+            self._sent_back_to -= {q.broker_name for q in route.read_queues}
+            if not self._sent_back_to:
+                return
+        try:
+            route = await self.routes.fetch(self._retry_topic)
+        except NoRouteError:
+            return  # the NameServers learn it with the broker's next registration
+        self._sent_back_to -= {q.broker_name for q in route.read_queues}
+
     async def _renew_locks(self) -> None:
         pqs = [pq for pq in self._streams.values() if pq.state is not StreamState.DROPPED]
         if not pqs:
@@ -331,6 +384,12 @@ class PushConsumerCore:
             )
             return False
         stream_id = next(self._stream_ids)
+        if mq.topic == self._retry_topic:
+            # Each retried message goes to its original topic's listener (_submit); the
+            # queue's own listener and pool are those of a real subscription.
+            sub = next((s for t, s in self.subscriptions.items() if t != mq.topic), sub)
+            if sub.topic == mq.topic:
+                return False  # nothing but the retry topic is subscribed
         pq = ProcessQueue(
             mq,
             stream_id,
@@ -338,7 +397,7 @@ class PushConsumerCore:
             sub.listener,
             self._dispatcher(sub),
             orderly=self.options.orderly,
-            tag_filter=sub.tag_filter,
+            tag_filter=sub.tag_filter if mq.topic != self._retry_topic else None,
         )
         # Registered before the request: pushes may be read before the reply is awaited.
         self._queues[mq] = pq
@@ -569,8 +628,36 @@ class PushConsumerCore:
         return self._threads
 
     def _submit(self, pq: ProcessQueue, msg: MessageExt) -> None:
+        listener, dispatcher = pq.listener, pq.dispatcher
+        if pq.mq.topic == self._retry_topic:
+            # A retried message: reported under its original topic (MessageExt.from_record).
+            sub = self.subscriptions.get(msg.topic)
+            if sub is None or sub.topic == self._retry_topic:
+                self._throttle.warn(
+                    ("unsubscribed", pq.mq),
+                    "push consumer {}: dropped a retried message of {}, a topic it does "
+                    "not subscribe",
+                    self.group,
+                    msg.topic,
+                )
+                self._finished(pq, msg)
+                return
+            tags = sub.tag_filter
+            if tags is not None and tags.tags and not tags.matches_tags(msg.tags):
+                self._finished(pq, msg)  # the subscription changed since: not wanted now
+                return
+            listener, dispatcher = sub.listener, self._dispatcher(sub)
         pq.inflight += 1
-        pq.dispatcher.submit(Job(pq, msg, pq.listener))
+        dispatcher.submit(Job(pq, msg, listener))
+
+    def _finished(self, pq: ProcessQueue, msg: MessageExt) -> None:
+        """``msg`` is done (consumed, sent back, or not wanted): ack it, go on (ordered)."""
+        if pq.done(msg):
+            self._mark_dirty(pq)
+        if pq.orderly:
+            pq.busy = False
+            for nxt in pq.take_next():
+                self._submit(pq, nxt)
 
     def _on_done(self, jobs: list[Job]) -> None:
         for job in jobs:
@@ -581,12 +668,7 @@ class PushConsumerCore:
             if status is None or pq.state is StreamState.DROPPED:
                 continue
             if status is _SUCCESS:
-                if pq.done(job.msg):
-                    self._mark_dirty(pq)
-                if pq.orderly:
-                    pq.busy = False
-                    for msg in pq.take_next():
-                        self._submit(pq, msg)
+                self._finished(pq, job.msg)
                 continue
             self._failed(pq, job)
 
@@ -606,11 +688,62 @@ class PushConsumerCore:
             )
             pq.failures = 0
             pq.last_failure_log = now
-        if pq.accepting:
-            offset = job.msg.queue_offset
-            pq.retries[offset] = self.loop.call_later(
-                self.options.reconsume_delay, self._retry, pq, job.msg
-            )
+        if not pq.accepting:
+            return  # handed over or shutting down: the next owner consumes it again
+        msg = job.msg
+        if not self._clustering:
+            self._retry_later(pq, msg)  # BROADCASTING: no retry topic (as RocketMQ)
+        elif not pq.orderly:
+            self._send_back(pq, msg, self.options.max_reconsume_times)
+        elif 0 <= self.options.max_reconsume_times <= msg.reconsume_times:
+            self._send_back(pq, msg, 0)  # ordered, out of retries: to the DLQ
+        else:
+            self._retry_later(pq, msg)
+
+    def _retry_later(self, pq: ProcessQueue, msg: MessageExt) -> None:
+        """Consume ``msg`` again after ``reconsume_delay`` (13.7)."""
+        pq.retries[msg.queue_offset] = self.loop.call_later(
+            self.options.reconsume_delay, self._retry, pq, msg
+        )
+
+    def _send_back(self, pq: ProcessQueue, msg: MessageExt, max_times: int) -> None:
+        """CONSUMER_SEND_MSG_BACK ``msg`` to its broker, in a task counted in flight (a
+        queue handed over waits for it, so its commit can pass the message)."""
+        pq.inflight += 1
+        task = self.loop.create_task(self._sending_back(pq, msg, max_times))
+        self._send_backs.add(task)
+        task.add_done_callback(self._send_backs.discard)
+
+    async def _sending_back(self, pq: ProcessQueue, msg: MessageExt, max_times: int) -> None:
+        body = ConsumerSendBackBody(
+            consumer_group=self.group,
+            topic=pq.mq.topic,
+            commitlog_offset=msg.commitlog_offset,
+            msg_id=msg.msg_id,
+            delay_level=0,
+            max_reconsume_times=max_times,
+        )
+        try:
+            conn = self.client.connection(pq.address)
+            await conn.call(RequestCode.CONSUMER_SEND_MSG_BACK, body, Empty)
+        except FabricError as exc:
+            if pq.accepting:
+                self._throttle.warn(
+                    ("send back", pq.mq),
+                    "push consumer {}: cannot send a message of {} back ({}); "
+                    "consuming it again here",
+                    self.group,
+                    pq.mq,
+                    exc,
+                )
+                self._retry_later(pq, msg)
+        else:
+            if pq.state is not StreamState.DROPPED:
+                self._finished(pq, msg)
+            if self._retry_topic and max_times != 0:
+                self._sent_back_to.add(pq.mq.broker_name)
+        finally:
+            pq.settled()
 
     def _retry(self, pq: ProcessQueue, msg: MessageExt) -> None:
         pq.retries.pop(msg.queue_offset, None)

@@ -72,6 +72,7 @@ CLIENT = sorted(
             for name in (
                 "__init__.py",
                 "admin.py",
+                "admin_messages.py",
                 "aio.py",
                 "client.py",
                 "message.py",
@@ -79,6 +80,7 @@ CLIENT = sorted(
                 "routing.py",
                 "selector.py",
                 "sending.py",
+                "transaction.py",
             )
         ),
         *(ROOT / "fabric" / "consumer").glob("*.py"),
@@ -98,7 +100,10 @@ _CLIENT_MODULES = (
     "fabric.client",
     "fabric.sending",
     "fabric.producer",
+    "fabric.transaction",
     "fabric.consumer",
+    # Message queries and dead letters: fabric.admin's helper module.
+    "fabric.admin_messages",
 )
 
 
