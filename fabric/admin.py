@@ -30,7 +30,9 @@ message (id, topic, queue, offset, store time, tags, keys, a body preview):
 * ``message key TOPIC KEY [--max N] [--begin T] [--end T]``: messages whose keys include
   KEY, newest first;
 * ``message time TOPIC --begin T --end T [--max N]``: messages stored in [begin, end],
-  oldest first (T: ms since the epoch or an ISO time, local without a zone).
+  oldest first (T: ms since the epoch or an ISO time, local without a zone);
+* ``message trace MSG_ID [--topic TOPIC]`` (SPEC M21): the message's trace events (sent
+  by clients with ``trace=True`` to ``%TRACE%``), one line each, by time.
 
 ``fabric admin --nameserver EP dlq list|resend GROUP`` (SPEC M15):
 
@@ -93,6 +95,7 @@ from fabric.protocol.messages import (
 )
 from fabric.protocol.names import check_group, check_topic
 from fabric.routing import parse_nameservers
+from fabric.trace import TraceEvent
 from fabric.transport import DEFAULT_TIMEOUT
 
 __all__ = ["Admin", "add_arguments", "run"]
@@ -491,6 +494,22 @@ class Admin:
         core, runner = self._started()
         coro = core.messages.by_key(topic, key, max_num, begin_ms, end_ms)
         return runner.run(coro, self._wait(8))
+
+    def trace(self, msg_id: str, topic: str | None = None) -> list[TraceEvent]:
+        """The trace events of the message ``msg_id`` (SPEC M21, docs/PROTOCOL.md 14.6),
+        sorted by timestamp: QUERY_MESSAGE on ``%TRACE%`` with the id as key, bodies
+        decoded, the events of that id kept ([] when nothing was traced).
+
+        Args:
+            msg_id: the message's id (uniq id).
+            topic: only the events of this topic.
+        """
+        if not msg_id:
+            raise ValueError("no message id")
+        if topic is not None:
+            check_topic_name(topic)
+        core, runner = self._started()
+        return runner.run(core.messages.trace(msg_id, topic), self._wait(8))
 
     def query_by_time(
         self, topic: str, begin: Position, end: Position, max_num: int = 32

@@ -8,6 +8,8 @@
 * **by time**: SEARCH_OFFSET_BY_TIMESTAMP on each readable queue, then PULL_MESSAGE until
   the store timestamp passes the end (14.5: a client-side composition), merged oldest
   first;
+* **trace** (SPEC M21, 14.6): QUERY_MESSAGE on ``%TRACE%`` with the message id as key;
+  the records' bodies decoded (fabric.trace), the events of that id kept, by time;
 * **dead letters**: ``%DLQ%<group>`` read with pulls. What ``dlq resend`` sent again is
   tracked as the committed offset of the reserved group :data:`ADMIN_GROUP` on each DLQ
   queue, so a second resend does not send the same letters again. Letters beyond that
@@ -36,8 +38,10 @@ from fabric.consumer.pull import PullConsumerCore
 from fabric.errors import (
     FabricError,
     InvalidNameError,
+    NoRouteError,
     NotFoundError,
     ProtocolError,
+    TopicNotExistError,
     TransportError,
     from_response,
 )
@@ -47,6 +51,7 @@ from fabric.protocol.frames import FrameError
 from fabric.protocol.messages import QueryMessageBody, QueryMessageReply, ViewMessageBody
 from fabric.protocol.names import check_group, check_topic, dlq_topic
 from fabric.protocol.records import RecordError, decode_record
+from fabric.trace import TRACE_TOPIC, TraceEvent, decode_events, describe_event, sort_events
 
 __all__ = [
     "ADMIN_GROUP",
@@ -197,6 +202,31 @@ class MessageQueries:
         found = await self._ask_all(topic, RequestCode.QUERY_MESSAGE, body)
         return _newest_first(found)[:max_num]
 
+    async def trace(self, msg_id: str, topic: str | None) -> list[TraceEvent]:
+        """The trace events of ``msg_id`` (of ``topic`` only, when given), by time.
+
+        [] when nothing was traced yet (no ``%TRACE%`` topic); a record whose body does
+        not decode is skipped (logged once per query).
+        """
+        try:
+            records = await self.by_key(TRACE_TOPIC, msg_id, MAX_QUERY_NUM, 0, 0)
+        except (NoRouteError, TopicNotExistError):
+            return []
+        events: list[TraceEvent] = []
+        bad = 0
+        for record in records:
+            try:
+                decoded = decode_events(record.body)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                bad += 1
+                continue
+            events += (
+                e for e in decoded if e.msg_id == msg_id and (topic is None or e.topic == topic)
+            )
+        if bad:
+            logger.warning("{}: {} record(s) are not trace records", TRACE_TOPIC, bad)
+        return sort_events(events)
+
     async def _scan(
         self, mq: MessageQueue, offset: int, end: int, limit: int, until_ms: int | None = None
     ) -> list[MessageExt]:
@@ -313,8 +343,10 @@ def describe(msg: MessageExt) -> str:
 
 
 def add_message_commands(objects: Any) -> None:
-    """Add ``message id|key|time`` to ``objects`` (the admin's subparsers)."""
-    message = objects.add_parser("message", help="find messages by id, key or store time")
+    """Add ``message id|key|time|trace`` to ``objects`` (the admin's subparsers)."""
+    message = objects.add_parser(
+        "message", help="find messages by id, key or store time; show a trace"
+    )
     actions = message.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     time_help = "ms since the epoch, or an ISO time (local without a zone)"
@@ -335,6 +367,10 @@ def add_message_commands(objects: Any) -> None:
     p.add_argument("--begin", required=True, metavar="T", help=time_help)
     p.add_argument("--end", required=True, metavar="T", help=time_help)
     p.add_argument("--max", type=int, default=32, metavar="N", help="at most N (default 32)")
+    text = "the trace events of a message (clients with trace on), by time"
+    p = actions.add_parser("trace", help=text, description=text)
+    p.add_argument("msg_id", metavar="MSG_ID")
+    p.add_argument("--topic", default=None, metavar="TOPIC", help="only events of this topic")
 
 
 def add_dlq_commands(objects: Any) -> None:
@@ -378,6 +414,10 @@ class AdminQueries(Protocol):
         """See ``Admin.query_by_time``."""
         ...
 
+    def trace(self, msg_id: str, topic: str | None = None) -> list[TraceEvent]:
+        """See ``Admin.trace``."""
+        ...
+
     def dlq_list(
         self, group: str, max_num: int = 32, *, include_resent: bool = False
     ) -> list[DeadLetter]:
@@ -395,6 +435,12 @@ def run_message_command(admin: AdminQueries, args: argparse.Namespace) -> int:
     """Run one ``message`` command with ``admin``; the exit status."""
     if args.action == "id":
         print(describe(admin.query_by_id(args.topic, args.msg_id)))
+        return 0
+    if args.action == "trace":
+        events = admin.trace(args.msg_id, args.topic)
+        for event in events:
+            print(describe_event(event))
+        print(f"{len(events)} trace event(s) of {args.msg_id}")
         return 0
     if args.action == "key":
         msgs = admin.query_by_key(args.topic, args.key, args.max, args.begin, args.end)

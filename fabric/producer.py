@@ -28,6 +28,7 @@ from fabric.protocol.names import check_group
 from fabric.routing import DEFAULT_ROUTE_REFRESH, parse_nameservers
 from fabric.selector import DEFAULT_FAILURE_ISOLATION
 from fabric.sending import ProducerCore, ProducerOptions, SendCallback
+from fabric.trace import open_tracer
 from fabric.transport import DEFAULT_TIMEOUT
 
 __all__ = ["Producer", "ProducerFront"]
@@ -53,6 +54,7 @@ class ProducerFront:
         failure_isolation: float = DEFAULT_FAILURE_ISOLATION,
         route_refresh: float = DEFAULT_ROUTE_REFRESH,
         direct_send: bool = True,
+        trace: bool = False,
     ) -> None:
         problem = check_group(group)
         if problem is not None:
@@ -72,6 +74,7 @@ class ProducerFront:
             failure_isolation=failure_isolation,
             route_refresh=route_refresh,
             direct_send=direct_send,
+            trace=bool(trace),
         ).check()
 
     async def _make_core(self, context: Any) -> ProducerCore:
@@ -82,7 +85,21 @@ class ProducerFront:
             route_refresh=self.options.route_refresh,
         )
         client.start()
-        return ProducerCore(client, self.group, self.options)
+        core = ProducerCore(client, self.group, self.options)
+        self._attach_tracer(core, context)
+        return core
+
+    def _attach_tracer(self, core: ProducerCore, context: Any) -> None:
+        """Give ``core`` its tracer when ``trace`` is on (on the core's loop)."""
+        if self.options.trace:
+            core.tracer = open_tracer(
+                context,
+                self.nameservers,
+                group=self.group,
+                client_id=getattr(self, "client_id", None),
+                timeout=self.options.send_timeout,
+                route_refresh=self.options.route_refresh,
+            )
 
     def _timeout(self, timeout: float | None) -> float:
         return self.options.send_timeout if timeout is None else timeout
@@ -171,7 +188,10 @@ class Producer(ProducerFront, BlockingFront[ProducerCore]):
         """Send a prepared message and wait: direct first, else (or to retry) on the loop."""
         direct = self._direct
         if direct is not None and not runner.io.in_loop_thread():
-            result = core.send_direct(item, direct)
+            if core.tracer is None:
+                result = core.send_direct(item, direct)
+            else:
+                result = core.send_direct_traced(item, direct)
             if result is not None:
                 return result
         future: concurrent.futures.Future[SendResult] = new_future()

@@ -50,6 +50,11 @@ producer and a sync send close to a raw round trip):
    sync send with a sharding key goes direct only when no earlier send is still on
    the loop, so it never overtakes one.
 
+Trace (SPEC M21): a core with a ``tracer`` (fabric.trace; None unless the producer was
+made with ``trace=True``) gives it one ``send`` event per message when the message's
+outcome is known, from the loop (``_succeed``, ``_fail``) or the direct path
+(:meth:`ProducerCore.send_direct_traced`); untraced, that costs one attribute test.
+
 Per-key order: sends with one ``sharding_key`` go to one queue (fabric.selector);
 sync sends with a key are stored in the order they were made. Retries go to the same
 queue, since another queue would break the order.
@@ -64,7 +69,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from loguru import logger
@@ -119,6 +124,9 @@ from fabric.selector import (
 )
 from fabric.transport import DEFAULT_TIMEOUT
 
+if TYPE_CHECKING:  # fabric.trace imports this module
+    from fabric.trace import TraceDispatcher
+
 __all__ = ["ProducerCore", "ProducerOptions", "SendCallback"]
 
 #: What ``send_async`` calls when a send is over: its SendResult, or the exception.
@@ -160,6 +168,8 @@ class ProducerOptions(msgspec.Struct, kw_only=True, frozen=True):
     route_refresh: float = DEFAULT_ROUTE_REFRESH
     #: Blocking sync sends use a socket of the calling thread (fabric.direct), not the loop.
     direct_send: bool = True
+    #: Send a trace event per message to ``%TRACE%`` (SPEC M21, fabric.trace).
+    trace: bool = False
 
     def check(self) -> ProducerOptions:
         """Raise ValueError for a value out of range; return self."""
@@ -291,6 +301,8 @@ class ProducerCore:
         self._room_waiting = 0
         self.closing = False
         self._closed = False
+        #: Set (on the loop, before the first send) when the producer traces (fabric.trace).
+        self.tracer: TraceDispatcher | None = None
 
     # -- any thread ---------------------------------------------------------------------
 
@@ -483,6 +495,20 @@ class ProducerCore:
             raise error
         item.attempts, item.avoid = 1, broker
         return None
+
+    def send_direct_traced(self, item: _Send, direct: DirectRequester) -> SendResult | None:
+        """:meth:`send_direct`, with a ``send`` trace event when it has an outcome."""
+        tracer = self.tracer
+        e = item.entry
+        try:
+            result = self.send_direct(item, direct)
+        except Exception as exc:
+            if tracer is not None:
+                tracer.on_send(item.topic, e.uniq_id, e.born_timestamp, exc)
+            raise
+        if result is not None and tracer is not None:
+            tracer.on_send(item.topic, e.uniq_id, e.born_timestamp, result)
+        return result
 
     def _direct_failed(self, topic: str, broker: str, error: FabricError) -> None:
         self._note_failure(broker, error)
@@ -798,6 +824,8 @@ class ProducerCore:
 
     def _succeed(self, chunk: _Chunk, results: list[SendResult] | None) -> None:
         items = chunk.items
+        if self.tracer is not None:
+            self._trace(chunk, results, None)
         if chunk.user_batch:
             _resolve(chunk.batch_sink, chunk.batch_callback, results, None)
         elif results is not None:
@@ -809,6 +837,8 @@ class ProducerCore:
         self._finished(len(items))
 
     def _fail(self, chunk: _Chunk, error: BaseException) -> None:
+        if self.tracer is not None:
+            self._trace(chunk, None, error)
         if chunk.user_batch:
             _resolve(chunk.batch_sink, chunk.batch_callback, None, error)
         else:
@@ -820,8 +850,27 @@ class ProducerCore:
         if isinstance(item, _Chunk):
             self._fail(item, error)
         else:
+            tracer = self.tracer
+            if tracer is not None:
+                e = item.entry
+                tracer.on_send(item.topic, e.uniq_id, e.born_timestamp, error)
             _resolve(item.sink, item.callback, None, error)
             self._finished(1)
+
+    def _trace(
+        self, chunk: _Chunk, results: list[SendResult] | None, error: BaseException | None
+    ) -> None:
+        """One ``send`` trace event per message of ``chunk`` (only when tracing)."""
+        tracer = self.tracer
+        if tracer is None:
+            return
+        topic = chunk.topic
+        for i, item in enumerate(chunk.items):
+            e = item.entry
+            outcome: object = error
+            if error is None and results is not None and i < len(results):
+                outcome = results[i]
+            tracer.on_send(topic, e.uniq_id, e.born_timestamp, outcome)
 
     def _finished(self, count: int) -> None:
         self.completed += count
@@ -856,6 +905,9 @@ class ProducerCore:
                 "producer {}: {} messages unfinished at shutdown", self.group, self._outstanding
             )
         self._closed = True
+        tracer, self.tracer = self.tracer, None
+        if tracer is not None:  # its own producer and connections: closed apart
+            await tracer.close()
         fetches = list(self._fetches)
         for task in fetches:
             task.cancel()

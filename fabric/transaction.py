@@ -66,6 +66,7 @@ from fabric.protocol.messages import (
 )
 from fabric.protocol.records import Record, RecordError, decode_record
 from fabric.sending import ProducerCore, ProducerOptions
+from fabric.trace import COMMIT, ROLLBACK, now_ms
 from fabric.transport import Connection
 
 __all__ = [
@@ -311,6 +312,7 @@ class TransactionCore(ProducerCore):
                     broker,
                     exc,
                 )
+                self._trace_end(half.msg_id, half.queue.topic, state, now_ms(), exc, broker)
                 return
         self.note_broker(address)
         body = EndTransactionBody(
@@ -319,13 +321,24 @@ class TransactionCore(ProducerCore):
             commitlog_offset=half.commitlog_offset,
             state=int(state),
         )
-        await self._end(address, body, timeout)
+        await self._end(address, body, timeout, half.queue.topic, broker)
 
-    async def _end(self, address: str, body: EndTransactionBody, timeout: float) -> None:
+    async def _end(
+        self,
+        address: str,
+        body: EndTransactionBody,
+        timeout: float,
+        topic: str = "",
+        broker: str = "",
+    ) -> None:
+        """END_TRANSACTION to ``address``; a failure is logged (throttled) and traced."""
+        started = now_ms() if self.tracer is not None else 0
         try:
             conn = self.client.connection(address)
             await conn.call(RequestCode.END_TRANSACTION, body, Empty, timeout=timeout)
         except FabricError as exc:
+            if self.tracer is not None:
+                self._trace_end(body.msg_id, topic, body.state, started, exc, broker)
             self.throttle.warn(
                 ("end", address),
                 "transaction producer {}: END_TRANSACTION of {} to {} failed: {}; "
@@ -335,6 +348,26 @@ class TransactionCore(ProducerCore):
                 address,
                 exc,
             )
+        else:
+            if self.tracer is not None:
+                self._trace_end(body.msg_id, topic, body.state, started, None, broker)
+
+    def _trace_end(
+        self,
+        msg_id: str,
+        topic: str,
+        state: int,
+        started: int,
+        error: BaseException | None,
+        broker: str,
+    ) -> None:
+        """A ``commit`` or ``rollback`` trace event (none for UNKNOWN, which decides nothing)."""
+        tracer = self.tracer
+        if tracer is None or state == TransactionState.UNKNOWN:
+            return
+        kind = COMMIT if state == TransactionState.COMMIT else ROLLBACK
+        status = "OK" if error is None else type(error).__name__
+        tracer.on_event(kind, msg_id, topic, status, started, max(0, now_ms() - started), broker)
 
     # -- check-backs --------------------------------------------------------------------
 
@@ -395,7 +428,7 @@ class TransactionCore(ProducerCore):
             state=int(state),
             from_check=True,
         )
-        await self._end(address, body, self.options.send_timeout)
+        await self._end(address, body, self.options.send_timeout, msg.topic)
 
 
 def _half_message(record: Record) -> MessageExt:
@@ -463,6 +496,7 @@ class TransactionFront(ProducerFront):
             check_threads=self.check_threads,
             heartbeat_interval=self.heartbeat_interval,
         )
+        self._attach_tracer(core, context)
         core.begin()
         return core
 

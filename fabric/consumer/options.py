@@ -160,6 +160,8 @@ class PushConsumerOptions(msgspec.Struct, kw_only=True, frozen=True):
     route_refresh: float = DEFAULT_ROUTE_REFRESH
     #: Check each record's CRC32 (the broker checked it when storing).
     verify_crc: bool = False
+    #: Send a trace event per message consumed or sent back to ``%TRACE%`` (SPEC M21).
+    trace: bool = False
 
     def check(self) -> PushConsumerOptions:
         """Raise ValueError for a value out of range; return self."""

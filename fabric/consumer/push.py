@@ -49,6 +49,7 @@ from fabric.protocol.codes import (
 )
 from fabric.protocol.names import check_group
 from fabric.routing import DEFAULT_ROUTE_REFRESH, parse_nameservers
+from fabric.trace import open_tracer
 from fabric.transport import DEFAULT_TIMEOUT
 
 __all__ = ["ConsumeStatus", "PushConsumer", "PushConsumerFront", "new_client_id"]
@@ -100,6 +101,7 @@ class PushConsumerFront:
         request_timeout: float = DEFAULT_TIMEOUT,
         route_refresh: float = DEFAULT_ROUTE_REFRESH,
         verify_crc: bool = False,
+        trace: bool = False,
     ) -> None:
         problem = check_group(group) if isinstance(group, str) else "the group must be a str"
         if problem is not None:
@@ -129,6 +131,7 @@ class PushConsumerFront:
             request_timeout=request_timeout,
             route_refresh=route_refresh,
             verify_crc=verify_crc,
+            trace=bool(trace),
         ).check()
         self.client_id = new_client_id(instance_name)
         self._subscriptions: dict[str, Subscription] = {}
@@ -161,9 +164,19 @@ class PushConsumerFront:
             route_refresh=options.route_refresh,
         )
         client.start()
-        return PushConsumerCore(
+        core = PushConsumerCore(
             client, self.group, self.client_id, options, self._subscriptions, self._offset_store()
         )
+        if options.trace:
+            core.tracer = open_tracer(
+                context,
+                self.nameservers,
+                group=self.group,
+                client_id=self.client_id,
+                timeout=options.request_timeout,
+                route_refresh=options.route_refresh,
+            )
+        return core
 
     def _close_timeout(self, timeout: float | None) -> float:
         """What closing may take: listeners, then the closing requests."""
@@ -218,6 +231,9 @@ class PushConsumer(PushConsumerFront, BlockingFront[PushConsumerCore]):
         request_timeout: seconds a broker or NameServer gets to answer.
         route_refresh: seconds between two route refreshes.
         verify_crc: check each record's CRC32.
+        trace: send trace events to ``%TRACE%`` (SPEC M21, fabric.trace): ``consume`` per
+            message after its listener, ``retry`` per send-back, ``dlq`` when the
+            send-back is known to make it a dead letter.
 
     Raises:
         InvalidNameError: a bad group name.

@@ -35,13 +35,17 @@ the frames brokers push (Flag.PUSH):
   ``max_reconsume_times`` local retries (when set; -1 retries for ever) sends the
   message to the DLQ (a send-back with ``max_reconsume_times`` 0) and moves on.
   Failures are logged at most once per queue every 10 s.
+* **Trace** (SPEC M21, fabric.trace): with a ``tracer`` (``trace=True``), a ``consume``
+  event per listener call (its status and time) and a ``retry`` (or, when the limit is
+  known to be reached, ``dlq``) event per send-back; untraced, one attribute test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any, Final
+import time
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from loguru import logger
@@ -87,6 +91,9 @@ from fabric.protocol.messages import (
 from fabric.protocol.names import retry_topic
 from fabric.protocol.records import RecordError, decode_record
 
+if TYPE_CHECKING:  # only the type: the front gives the core its tracer
+    from fabric.trace import TraceDispatcher
+
 __all__ = ["PushConsumerCore"]
 
 #: Seconds before a rebalance that could not take every queue (lock held) tries again.
@@ -96,6 +103,10 @@ _STREAM_CLOSED: Final = int(RequestCode.STREAM_CLOSED)
 _NOTIFY: Final = int(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED)
 _SUCCESS: Final = ConsumeStatus.CONSUME_SUCCESS
 _LATER: Final = ConsumeStatus.RECONSUME_LATER
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _unrouted(msg: MessageExt) -> ConsumeStatus:
@@ -189,6 +200,8 @@ class PushConsumerCore:
         self._heartbeat_due = False
         self._loops: list[asyncio.Task[None]] = []
         self._closing = False
+        #: Set by the front before start when the consumer traces (fabric.trace).
+        self.tracer: TraceDispatcher | None = None
 
     # -- life ---------------------------------------------------------------------------
 
@@ -271,6 +284,9 @@ class PushConsumerCore:
         if self._tasks is not None:
             await self._tasks.cancel()
         await self.client.close()
+        tracer, self.tracer = self.tracer, None
+        if tracer is not None:  # its own producer and connections
+            await tracer.close()
 
     async def _every(self, interval: float, work: Any) -> None:
         while not self._closing:
@@ -660,6 +676,8 @@ class PushConsumerCore:
                 self._submit(pq, nxt)
 
     def _on_done(self, jobs: list[Job]) -> None:
+        if self.tracer is not None:
+            self._trace_consumed(jobs)
         for job in jobs:
             pq = job.source
             assert isinstance(pq, ProcessQueue)
@@ -671,6 +689,55 @@ class PushConsumerCore:
                 self._finished(pq, job.msg)
                 continue
             self._failed(pq, job)
+
+    def _trace_consumed(self, jobs: list[Job]) -> None:
+        """One ``consume`` trace event per job that ran (only when tracing)."""
+        tracer = self.tracer
+        if tracer is None:
+            return
+        now = _now_ms()
+        for job in jobs:
+            status = job.status
+            if status is None:
+                continue  # not run: no listener saw it
+            pq = job.source
+            assert isinstance(pq, ProcessQueue)
+            msg = job.msg
+            error = job.error
+            cost = round(job.elapsed * 1000)
+            tracer.on_event(
+                "consume",
+                msg.msg_id,
+                msg.topic,
+                status.name if error is None else type(error).__name__,
+                now - cost,
+                cost,
+                pq.mq.broker_name,
+                msg.queue_id,
+                msg.queue_offset,
+            )
+
+    def _trace_sent_back(
+        self, pq: ProcessQueue, msg: MessageExt, max_times: int, started: int, error: object
+    ) -> None:
+        """A ``retry`` trace event for a send-back, or ``dlq`` when it is known to make the
+        message a dead letter (max_reconsume_times given and reached; with -1 the limit is
+        the broker's, unknown here: traced as ``retry``)."""
+        tracer = self.tracer
+        if tracer is None:
+            return
+        dead = max_times == 0 or 0 < max_times <= msg.reconsume_times
+        tracer.on_event(
+            "dlq" if dead else "retry",
+            msg.msg_id,
+            msg.topic,
+            "OK" if error is None else type(error).__name__,
+            started,
+            max(0, _now_ms() - started),
+            pq.mq.broker_name,
+            msg.queue_id,
+            msg.queue_offset,
+        )
 
     def _failed(self, pq: ProcessQueue, job: Job) -> None:
         pq.failures += 1
@@ -723,10 +790,13 @@ class PushConsumerCore:
             delay_level=0,
             max_reconsume_times=max_times,
         )
+        started = _now_ms() if self.tracer is not None else 0
         try:
             conn = self.client.connection(pq.address)
             await conn.call(RequestCode.CONSUMER_SEND_MSG_BACK, body, Empty)
         except FabricError as exc:
+            if self.tracer is not None:
+                self._trace_sent_back(pq, msg, max_times, started, exc)
             if pq.accepting:
                 self._throttle.warn(
                     ("send back", pq.mq),
@@ -738,6 +808,8 @@ class PushConsumerCore:
                 )
                 self._retry_later(pq, msg)
         else:
+            if self.tracer is not None:
+                self._trace_sent_back(pq, msg, max_times, started, None)
             if pq.state is not StreamState.DROPPED:
                 self._finished(pq, msg)
             if self._retry_topic and max_times != 0:

@@ -80,6 +80,7 @@ CLIENT = sorted(
                 "routing.py",
                 "selector.py",
                 "sending.py",
+                "trace.py",
                 "transaction.py",
             )
         ),
@@ -101,6 +102,8 @@ _CLIENT_MODULES = (
     "fabric.sending",
     "fabric.producer",
     "fabric.transaction",
+    # Message trace (SPEC M21): producers and push consumers own a TraceDispatcher.
+    "fabric.trace",
     "fabric.consumer",
     # Message queries and dead letters: fabric.admin's helper module.
     "fabric.admin_messages",
