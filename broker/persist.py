@@ -1,37 +1,15 @@
 """Atomic small-file writes for the broker's own state (topic table, consumer offsets).
 
-A reader (or a broker restarted after a crash) sees either the old file or the new one,
-never a mix: the data goes to ``<path>.tmp``, is fsynced, renamed over ``path`` with
-``os.replace``, and the directory is fsynced so the rename itself is durable.
+:func:`write_atomic` is :func:`fabric.atomic.write_atomic` (shared with the consumer's
+offset file): a reader (or a broker restarted after a crash) sees either the old file or
+the new one, never a mix.
 """
 
 from __future__ import annotations
 
-import os
+from fabric.atomic import write_atomic
 
 __all__ = ["read_file", "write_atomic"]
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (creates the directory)."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def read_file(path: str) -> bytes | None:

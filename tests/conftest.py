@@ -9,6 +9,7 @@ from loguru import logger
 
 from fabric.testing import ServerProcess, run_nameserver
 from fabric.transport import BlockingConnection
+from tests.servers import started_servers
 
 # Libraries log through loguru but stay disabled until an entry point enables them.
 _PACKAGES = ("fabric", "nameserver")
@@ -44,20 +45,8 @@ def nameserver_factory() -> Iterator[Callable[..., ServerProcess]]:
 
     Each stopped server must not have logged an ERROR line or a traceback.
     """
-    started: list[ServerProcess] = []
-
-    def start(**kwargs: object) -> ServerProcess:
-        server = run_nameserver(**kwargs)  # type: ignore[arg-type]
-        started.append(server)
-        return server
-
-    try:
+    with started_servers(run_nameserver) as start:
         yield start
-    finally:
-        for server in started:
-            server.stop()
-    for server in started:
-        assert not server.error_lines(), "\n".join(server.log_lines())
 
 
 @pytest.fixture

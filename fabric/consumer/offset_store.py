@@ -24,6 +24,7 @@ from typing import Final
 import msgspec
 from loguru import logger
 
+from fabric.atomic import write_atomic
 from fabric.message import MessageQueue
 
 __all__ = ["FILE_VERSION", "LocalOffsetStore", "offset_file_name"]
@@ -53,26 +54,6 @@ _decoder: Final = msgspec.json.Decoder(_File)
 def offset_file_name(group: str, instance: str) -> str:
     """The file name (no directory) of a group's and instance's offsets."""
     return f"{group}@{instance}.json"
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class LocalOffsetStore:
@@ -166,7 +147,7 @@ class LocalOffsetStore:
                 ],
             )
             try:
-                _write_atomic(self.path, _encoder.encode(content))
+                write_atomic(self.path, _encoder.encode(content))
             except OSError:
                 with self._lock:
                     self._dirty = True

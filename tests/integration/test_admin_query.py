@@ -10,29 +10,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fabric import Message, Producer
 from fabric.admin import Admin
-from fabric.errors import NoRouteError, OffsetNotFoundError
-from fabric.protocol import RequestCode
-from fabric.protocol import messages as m
+from fabric.errors import OffsetNotFoundError
 from fabric.testing import ServerProcess, run_broker, write_broker_config
-from fabric.transport import BlockingConnection
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Call ``check`` until it is true or ``timeout`` passes (state in other processes)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        threading.Event().wait(0.02)
+from tests.integration import cluster
+from tests.integration.cluster import wait_registered
 
 
 @pytest.fixture
@@ -51,13 +40,7 @@ def brokers(nameserver: ServerProcess, tmp_path: Path) -> Iterator[list[ServerPr
                     heartbeat_interval=1.0,
                 )
             )
-        with BlockingConnection(nameserver.endpoint, timeout=5.0) as ns:
-
-            def registered() -> bool:
-                info = ns.call(RequestCode.GET_CLUSTER_INFO, m.Empty(), m.ClusterInfo)
-                return {"broker-a", "broker-b"} <= set(info.brokers)
-
-            wait_until("brokers registered", registered)
+        wait_registered(nameserver, {"broker-a", "broker-b"})
         yield started
     finally:
         for server in started:
@@ -79,21 +62,8 @@ def producer(nameserver: ServerProcess, brokers: list[ServerProcess]) -> Iterato
 
 
 def make_topic(admin: Admin, nameserver: ServerProcess, topic: str, queues: int) -> None:
-    admin.create_topic(topic, queues=queues)
-    with BlockingConnection(nameserver.endpoint, timeout=5.0) as ns:
-
-        def routed() -> bool:
-            try:
-                route = ns.call(
-                    RequestCode.GET_ROUTE_INFO_BY_TOPIC,
-                    m.GetRouteInfoBody(topic=topic),
-                    m.TopicRouteData,
-                )
-            except NoRouteError:
-                return False
-            return len(route.queue_datas) == 2
-
-        wait_until(f"route of {topic}", routed)
+    """Create ``topic`` and wait until both brokers serve it."""
+    cluster.make_topic(admin, nameserver, topic, queues, lambda route: len(route.queue_datas) == 2)
 
 
 def cli(nameserver: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:

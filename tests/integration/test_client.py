@@ -40,6 +40,8 @@ from fabric.protocol import RequestCode, SysFlag
 from fabric.protocol import messages as m
 from fabric.testing import ServerProcess, run_broker
 from fabric.transport import BlockingConnection
+from tests.integration import cluster
+from tests.integration.cluster import wait_until
 
 BrokerFactory = Callable[..., ServerProcess]
 ID = re.compile(r"[0-9A-F]{32}")
@@ -102,63 +104,38 @@ def admin(nameserver: ServerProcess) -> Iterator[Admin]:
 
 
 @pytest.fixture
-def producer(nameserver: ServerProcess, broker: ServerProcess) -> Iterator[Producer]:
-    with Producer("pg", nameservers=nameserver.endpoint) as p:
-        yield p
-
-
-@pytest.fixture
 def consumer(nameserver: ServerProcess, broker: ServerProcess) -> Iterator[PullConsumer]:
     with PullConsumer("cg", nameservers=nameserver.endpoint) as c:
         yield c
 
 
-def _retry_until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Call ``check`` until it is true; a bounded retry on a deadline, not a synchronisation.
+def wait_for_registration(nameserver: ServerProcess, name: str) -> None:
+    """Wait until the NameServer lists the master of broker ``name``.
 
     Brokers print READY before their registration reaches the NameServer, and
     re-register asynchronously after a topic change: there is nothing to wait on but
-    the NameServer's answer.
+    the NameServer's answer (a bounded retry on a deadline, not a synchronisation).
     """
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout}s")
-        threading.Event().wait(0.02)
-
-
-def wait_for_registration(nameserver: ServerProcess, name: str) -> None:
-    """Wait until the NameServer lists the master of broker ``name``."""
     with BlockingConnection(nameserver.endpoint, timeout=5.0) as ns:
 
         def registered() -> bool:
             info = ns.call(RequestCode.GET_CLUSTER_INFO, m.Empty(), m.ClusterInfo)
             return 0 in getattr(info.brokers.get(name), "broker_addrs", {})
 
-        _retry_until(f"broker {name} not registered", registered)
+        wait_until(f"broker {name} not registered", registered, 10.0)
 
 
 def wait_for_route(
     nameserver: ServerProcess, topic: str, brokers: set[str], timeout: float = 10.0
 ) -> m.TopicRouteData:
     """Ask the NameServer until ``topic`` is routed to exactly ``brokers`` (bounded)."""
-    found: list[m.TopicRouteData] = []
-    with BlockingConnection(nameserver.endpoint, timeout=5.0) as ns:
-
-        def routed() -> bool:
-            try:
-                route = ns.call(
-                    RequestCode.GET_ROUTE_INFO_BY_TOPIC,
-                    m.GetRouteInfoBody(topic=topic),
-                    m.TopicRouteData,
-                )
-            except NoRouteError:
-                return False
-            found.append(route)
-            return {q.broker_name for q in route.queue_datas} == brokers
-
-        _retry_until(f"{topic} not routed to {brokers}", routed, timeout)
-    return found[-1]
+    return cluster.wait_for_route(
+        nameserver,
+        topic,
+        lambda route: {q.broker_name for q in route.queue_datas} == brokers,
+        timeout,
+        f"{topic} not routed to {brokers}",
+    )
 
 
 def make_topic(

@@ -9,14 +9,12 @@ to simulate faults). Everything else is tested against real processes in test_cl
 from __future__ import annotations
 
 import asyncio
-import threading
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 import pytest
-import zmq
 
 import fabric.aio
 from fabric import (
@@ -30,14 +28,15 @@ from fabric import (
 )
 from fabric.protocol import (
     Flag,
+    Request,
     RequestCode,
     ResponseCode,
     SysFlag,
     encode_reply,
-    parse_request,
     request_code,
 )
 from fabric.protocol import messages as m
+from tests.integration import fakes
 
 
 @dataclass
@@ -75,106 +74,36 @@ def store_reply(broker: str, seen: Seen) -> msgspec.Struct:
     )
 
 
-@dataclass
-class FakeCluster:
-    """A NameServer and brokers "a" and "b" serving topic "T" (2 queues each)."""
+class FakeCluster(fakes.FakeCluster):
+    """A NameServer and brokers "a" and "b" serving topic "T" (2 queues each).
 
-    script: Script = ok
-    seen: list[Seen] = field(default_factory=list)
-    endpoints: dict[str, str] = field(default_factory=dict)
+    Every request to a broker is recorded and answered as ``script`` says.
+    """
 
-    def __post_init__(self) -> None:
-        self._ctx = zmq.Context()
-        self._control = f"inproc://stop-{id(self)}"
-        # The caller's end of the stop signal belongs to the caller's thread.
-        self._stopper = self._ctx.socket(zmq.PAIR)
-        self._stopper.linger = 0
-        self._stopper.connect(self._control)
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fake-cluster", daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10)
+    queues = 2
+
+    def __init__(self, script: Script = ok) -> None:
+        self.script = script
+        self.seen: list[Seen] = []
+        super().__init__()
 
     def sent_to(self, broker: str) -> list[Seen]:
         return [s for s in self.seen if s.broker == broker]
 
-    def _route(self) -> m.TopicRouteData:
-        names = ("a", "b")
-        return m.TopicRouteData(
-            queue_datas=[
-                m.QueueData(broker_name=n, read_queue_nums=2, write_queue_nums=2, perm=6)
-                for n in names
-            ],
-            broker_datas=[
-                m.BrokerData(cluster_name="c", broker_name=n, broker_addrs={0: self.endpoints[n]})
-                for n in names
-            ],
-        )
-
-    def _run(self) -> None:
-        # Every socket made here belongs to this thread.
-        ctx = self._ctx
-        sockets: dict[zmq.Socket[bytes], str] = {}
-        control = ctx.socket(zmq.PAIR)
-        control.linger = 0
-        control.bind(self._control)
-        for name in ("ns", "a", "b"):
-            s = ctx.socket(zmq.ROUTER)
-            s.linger = 0
-            port = s.bind_to_random_port("tcp://127.0.0.1")
-            self.endpoints[name] = f"tcp://127.0.0.1:{port}"
-            sockets[s] = name
-        poller = zmq.Poller()
-        poller.register(control, zmq.POLLIN)
-        for s in sockets:
-            poller.register(s, zmq.POLLIN)
-        self._ready.set()
-        try:
-            while True:
-                events = dict(poller.poll())
-                if control in events:
-                    return
-                for s, name in sockets.items():
-                    if s in events:
-                        self._serve(s, name)
-        finally:
-            for s in [*sockets, control]:
-                s.close(linger=0)
-
-    def _serve(self, sock: zmq.Socket[bytes], name: str) -> None:
-        identity, *frames = sock.recv_multipart()
-        request, bodies = parse_request(frames)
-        rid, code = request.request_id, request_code(request)
-        if name == "ns":
-            if code is RequestCode.GET_ROUTE_INFO_BY_TOPIC:
-                sock.send_multipart(
-                    [identity, *encode_reply(rid, ResponseCode.SUCCESS, self._route())]
-                )
-            else:
-                sock.send_multipart([identity, *encode_reply(rid, ResponseCode.NO_ROUTE)])
-            return
-        seen = Seen(name, code, request.flags, request.body, [bytes(b) for b in bodies])
+    def serve_broker(self, name: str, request: Request, bodies: list[bytes]) -> fakes.Frames | None:
+        seen = Seen(name, request_code(request), request.flags, request.body, bodies)
         self.seen.append(seen)
         answer = self.script(name, seen)
         if answer is None or request.flags & Flag.ONEWAY:
-            return
+            return None
         reply_code, body = answer
-        sock.send_multipart([identity, *encode_reply(rid, reply_code, body, remark="scripted")])
-
-    def stop(self) -> None:
-        self._stopper.send(b"stop")
-        self._thread.join(10)
-        self._stopper.close(linger=0)
-        self._ctx.term()
+        return encode_reply(request.request_id, reply_code, body, remark="scripted")
 
 
 @pytest.fixture
 def cluster() -> Iterator[FakeCluster]:
-    fake = FakeCluster()
-    try:
+    with FakeCluster() as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 def producer(cluster: FakeCluster, **options: object) -> Producer:

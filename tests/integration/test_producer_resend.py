@@ -12,18 +12,17 @@ broker in test_producer_timed.py.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 import pytest
-import zmq
 
 import fabric.aio
 from fabric import Message, Producer, SendStatus
-from fabric.protocol import RequestCode, ResponseCode, encode_reply, parse_request, request_code
+from fabric.protocol import Request, RequestCode, ResponseCode, encode_reply, request_code
 from fabric.protocol import messages as m
+from tests.integration import fakes
 
 
 @dataclass
@@ -56,103 +55,31 @@ _SENDS = (RequestCode.SEND_MESSAGE, RequestCode.SEND_BATCH_MESSAGE)
 Script = Callable[[Seen], str]
 
 
-@dataclass
-class FakeCluster:
+class FakeCluster(fakes.FakeCluster):
     """A NameServer and brokers "a" and "b" serving topic "T" (1 queue each), on one thread.
 
     Sends go to the script; any other request is recorded and answered SUCCESS ``{}``.
     """
 
-    script: Script = lambda seen: STORE
-    seen: list[Seen] = field(default_factory=list)
-    endpoints: dict[str, str] = field(default_factory=dict)
+    queues = 1
+    cluster_info = True
 
-    def __post_init__(self) -> None:
-        self._ctx = zmq.Context()
-        self._control = f"inproc://stop-{id(self)}"
-        self._stopper = self._ctx.socket(zmq.PAIR)
-        self._stopper.linger = 0
-        self._stopper.connect(self._control)
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fake-cluster", daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10)
+    def __init__(self, script: Script = lambda seen: STORE) -> None:
+        self.script = script
+        self.seen: list[Seen] = []
+        super().__init__()
 
-    def _route(self) -> m.TopicRouteData:
-        names = ("a", "b")
-        return m.TopicRouteData(
-            queue_datas=[
-                m.QueueData(broker_name=n, read_queue_nums=1, write_queue_nums=1, perm=6)
-                for n in names
-            ],
-            broker_datas=[
-                m.BrokerData(cluster_name="c", broker_name=n, broker_addrs={0: self.endpoints[n]})
-                for n in names
-            ],
-        )
-
-    def _run(self) -> None:
-        # Every socket made here belongs to this thread.
-        ctx = self._ctx
-        control = ctx.socket(zmq.PAIR)
-        control.linger = 0
-        control.bind(self._control)
-        sockets: dict[zmq.Socket[bytes], str] = {}
-        for name in ("ns", "a", "b"):
-            s = ctx.socket(zmq.ROUTER)
-            s.linger = 0
-            port = s.bind_to_random_port("tcp://127.0.0.1")
-            self.endpoints[name] = f"tcp://127.0.0.1:{port}"
-            sockets[s] = name
-        poller = zmq.Poller()
-        poller.register(control, zmq.POLLIN)
-        for s in sockets:
-            poller.register(s, zmq.POLLIN)
-        self._ready.set()
-        try:
-            while True:
-                events = dict(poller.poll())
-                if control in events:
-                    return
-                for s, name in list(sockets.items()):
-                    if s in events and not self._serve(s, name):
-                        # Crashed: the connections drop, and nothing listens any more.
-                        poller.unregister(s)
-                        del sockets[s]
-                        s.close(linger=0)
-        finally:
-            for s in [*sockets, control]:
-                s.close(linger=0)
-
-    def _serve(self, sock: zmq.Socket[bytes], name: str) -> bool:
-        identity, *frames = sock.recv_multipart()
-        request, bodies = parse_request(frames)
+    def serve_broker(self, name: str, request: Request, bodies: list[bytes]) -> fakes.Frames | None:
         rid, code = request.request_id, request_code(request)
-        if name == "ns":
-            if code is RequestCode.GET_ROUTE_INFO_BY_TOPIC:
-                reply = encode_reply(rid, ResponseCode.SUCCESS, self._route())
-            elif code is RequestCode.GET_CLUSTER_INFO:
-                route = self._route()
-                info = m.ClusterInfo(
-                    brokers={b.broker_name: b for b in route.broker_datas},
-                    clusters={"c": ["a", "b"]},
-                )
-                reply = encode_reply(rid, ResponseCode.SUCCESS, info)
-            else:
-                reply = encode_reply(rid, ResponseCode.NO_ROUTE)
-            sock.send_multipart([identity, *reply])
-            return True
-        seen = Seen(name, code, request.body, [bytes(b) for b in bodies])
+        seen = Seen(name, code, request.body, bodies)
         self.seen.append(seen)
         if code not in _SENDS:
-            sock.send_multipart([identity, *encode_reply(rid, ResponseCode.SUCCESS, m.Empty())])
-            return True
+            return encode_reply(rid, ResponseCode.SUCCESS, m.Empty())
         action = self.script(seen)
         if action == CRASH:
-            return False
+            raise fakes.Crash
         if action == BUSY:
-            sock.send_multipart([identity, *encode_reply(rid, ResponseCode.SYSTEM_BUSY)])
-            return True
+            return encode_reply(rid, ResponseCode.SYSTEM_BUSY)
         status = (
             ResponseCode.FLUSH_DISK_TIMEOUT if action == FLUSH_TIMEOUT else ResponseCode.SUCCESS
         )
@@ -170,23 +97,13 @@ class FakeCluster:
                 broker_name=name,
                 commitlog_offset=1000 * len(self.seen),
             )
-        sock.send_multipart([identity, *encode_reply(rid, status, body)])
-        return True
-
-    def stop(self) -> None:
-        self._stopper.send(b"stop")
-        self._thread.join(10)
-        self._stopper.close(linger=0)
-        self._ctx.term()
+        return encode_reply(rid, status, body)
 
 
 @pytest.fixture
 def cluster() -> Iterator[FakeCluster]:
-    fake = FakeCluster()
-    try:
+    with FakeCluster() as fake:
         yield fake
-    finally:
-        fake.stop()
 
 
 def script_crashing_first(cluster: FakeCluster) -> Script:

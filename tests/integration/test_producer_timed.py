@@ -22,7 +22,6 @@ from fabric import (
     MessageExt,
     MessageIllegalError,
     MessageQueue,
-    NoRouteError,
     Producer,
     PullConsumer,
     PullStatus,
@@ -31,8 +30,8 @@ from fabric import (
 )
 from fabric.protocol import RequestCode
 from fabric.protocol import messages as m
-from fabric.testing import ServerProcess, run_broker, run_nameserver, write_broker_config
 from fabric.transport import BlockingConnection
+from tests.integration.cluster import OneBrokerCluster
 
 #: Level n waits n seconds on the test broker.
 SHORT_LEVELS = [float(n) for n in range(1, 19)]
@@ -43,70 +42,21 @@ SLACK = 0.5
 QUEUES = 2
 
 
-class Cluster:
+class Cluster(OneBrokerCluster):
     """A NameServer and one broker with short delay levels, for the module."""
 
     def __init__(self, tmp: Path) -> None:
-        self.ns = run_nameserver()
-        self.broker: ServerProcess | None = None
-        try:
-            config = write_broker_config(
-                tmp / "broker.json", delay_levels=SHORT_LEVELS, timer_max_delay=3600.0
-            )
-            self.broker = run_broker(
-                tmp / "data", self.ns.endpoint, config=config, heartbeat_interval=1.0
-            )
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def endpoint(self) -> str:
-        return self.ns.endpoint
-
-    @property
-    def broker_endpoint(self) -> str:
-        assert self.broker is not None
-        return self.broker.endpoint
+        super().__init__(tmp, delay_levels=SHORT_LEVELS, timer_max_delay=3600.0)
 
     def make_topic(self, topic: str) -> None:
         """CREATE_TOPIC with QUEUES queues, then wait until the NameServer routes it."""
-        with BlockingConnection(self.broker_endpoint, timeout=5.0) as conn:
-            conn.call(
-                RequestCode.CREATE_TOPIC,
-                m.TopicConfig(topic=topic, read_queue_nums=QUEUES, write_queue_nums=QUEUES),
-                m.Empty,
-            )
-        deadline = time.monotonic() + 10.0
-        with BlockingConnection(self.endpoint, timeout=5.0) as ns:
-            while True:
-                try:
-                    ns.call(
-                        RequestCode.GET_ROUTE_INFO_BY_TOPIC,
-                        m.GetRouteInfoBody(topic=topic),
-                        m.TopicRouteData,
-                    )
-                    return
-                except NoRouteError:
-                    # A bounded retry on a deadline: the broker re-registers on its own.
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.broker is not None:
-            self.broker.stop()
-            assert not self.broker.error_lines(), "\n".join(self.broker.log_lines())
-        self.ns.stop()
+        self.create_topic(topic, QUEUES)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("timed"))
-    try:
+    with Cluster(tmp_path_factory.mktemp("timed")) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture

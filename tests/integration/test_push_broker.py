@@ -13,26 +13,22 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import pytest
-import zmq
 
-from fabric.protocol import Flag, RequestCode, ResponseCode, encode_request, parse_reply
+from fabric.protocol import RequestCode, ResponseCode
 from fabric.protocol import messages as m
 from fabric.protocol.codes import ConsumeFrom, FilterType
 from fabric.protocol.frames import Reply
 from fabric.protocol.records import Record, decode_record
 from fabric.testing import ServerProcess, run_broker, run_nameserver, write_broker_config
 from fabric.transport import BlockingConnection
-
-T = TypeVar("T")
+from tests.integration.raw_client import RawClient
 
 CLIENT_EXPIRY = 1.5
 LOCK_EXPIRY = 2.0
-#: Flags of every push: RESPONSE | PUSH.
-PUSH_FLAGS = int(Flag.RESPONSE | Flag.PUSH)
 #: How long "nothing more arrives" is watched for.
 QUIET = 0.3
 
@@ -40,101 +36,8 @@ QUIET = 0.3
 # -- a raw consumer ------------------------------------------------------------------------
 
 
-class Peer:
-    """A DEALER that sends requests and keeps replies and pushes apart (by the PUSH flag)."""
-
-    def __init__(self, endpoint: str, rcvhwm: int | None = None) -> None:
-        self.endpoint = endpoint
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.sndtimeo = 5000
-        if rcvhwm is not None:
-            self.sock.rcvhwm = rcvhwm
-            self.sock.rcvbuf = 4096
-        self.sock.connect(endpoint)
-        self.next_id = 0
-        self.replies: dict[int, Reply] = {}
-        self.pushes: list[Reply] = []
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-        self.ctx.term()
-
-    def send(
-        self,
-        code: RequestCode,
-        body: msgspec.Struct,
-        frames: list[bytes] | None = None,
-        *,
-        oneway: bool = False,
-    ) -> int:
-        self.next_id += 1
-        flags = int(Flag.ONEWAY) if oneway else 0
-        self.sock.send_multipart(
-            encode_request(code, self.next_id, body, frames or [], flags=flags)
-        )
-        return self.next_id
-
-    def _receive(self, timeout: float) -> bool:
-        """Read one message within ``timeout`` seconds; False when none came."""
-        if not self.sock.poll(max(0, int(timeout * 1000))):
-            return False
-        reply = parse_reply(self.sock.recv_multipart())
-        if reply.flags & Flag.PUSH:
-            assert reply.flags == PUSH_FLAGS, reply.flags
-            self.pushes.append(reply)
-        else:
-            self.replies[reply.request_id] = reply
-        return True
-
-    def request(
-        self,
-        code: RequestCode,
-        body: msgspec.Struct,
-        frames: list[bytes] | None = None,
-        timeout: float = 5.0,
-    ) -> Reply:
-        return self.reply_to(self.send(code, body, frames), timeout)
-
-    def reply_to(self, rid: int, timeout: float = 5.0) -> Reply:
-        """The reply to request ``rid`` (pushes arriving meanwhile are kept)."""
-        deadline = time.monotonic() + timeout
-        while rid not in self.replies:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no reply to request {rid} within {timeout}s")
-            self._receive(remaining)
-        return self.replies.pop(rid)
-
-    def call(self, code: RequestCode, body: msgspec.Struct, cls: type[T]) -> T:
-        reply = self.request(code, body)
-        assert reply.code == ResponseCode.SUCCESS, reply
-        return reply.decode(cls)
-
-    def take(
-        self,
-        predicate: Callable[[Reply], bool],
-        timeout: float,
-        tick: Callable[[], object] | None = None,
-    ) -> Reply | None:
-        """The first push (buffered or arriving within ``timeout``) that satisfies ``predicate``.
-
-        ``tick`` runs every 0.25 s meanwhile (heartbeats that keep clients alive).
-        """
-        deadline = time.monotonic() + timeout
-        next_tick = time.monotonic()
-        while True:
-            for i, push in enumerate(self.pushes):
-                if predicate(push):
-                    return self.pushes.pop(i)
-            now = time.monotonic()
-            if now >= deadline:
-                return None
-            if tick is not None and now >= next_tick:
-                tick()
-                next_tick = now + 0.25
-            self._receive(min(deadline, next_tick if tick else deadline) - now)
+class Peer(RawClient):
+    """A raw consumer: the requests of section 13 and waits for their pushes."""
 
     def stream_push(self, stream_id: int, timeout: float = 5.0) -> Reply | None:
         return self.take(

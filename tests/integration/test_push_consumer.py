@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,11 +40,9 @@ from fabric import (
     PushConsumer,
 )
 from fabric.admin import Admin
-from fabric.errors import InvalidFilterError, NoRouteError
-from fabric.protocol import RequestCode
-from fabric.protocol import messages as m
-from fabric.testing import ServerProcess, run_broker, write_broker_config
-from fabric.transport import BlockingConnection
+from fabric.errors import InvalidFilterError
+from fabric.testing import ServerProcess
+from tests.integration.cluster import make_topic, wait_until
 
 HELPER = Path(__file__).resolve().parent / "push_helper.py"
 #: Consumer timings for tests: membership changes are seen within about a second.
@@ -56,74 +54,6 @@ LATER = ConsumeStatus.RECONSUME_LATER
 # ---------------------------------------------------------------------------------------
 # Fixtures and helpers
 # ---------------------------------------------------------------------------------------
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Call ``check`` until it is true or ``timeout`` passes (a bounded retry: the state
-    lives in other processes or on other threads, with nothing to wait on directly)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        threading.Event().wait(0.02)
-
-
-@pytest.fixture
-def broker(nameserver: ServerProcess, tmp_path: Path) -> Iterator[ServerProcess]:
-    """One broker with a 2 s client expiry, a 3 s lock expiry and 0.2 s delay levels (the
-    retries of failed messages, docs/PROTOCOL.md 14.2), registered."""
-    config = write_broker_config(
-        tmp_path / "broker.json", client_expiry=2.0, lock_expiry=3.0, delay_levels=[0.2] * 18
-    )
-    server = run_broker(
-        tmp_path / "broker-a",
-        nameserver.endpoint,
-        name="broker-a",
-        config=config,
-        heartbeat_interval=1.0,
-    )
-    try:
-        with BlockingConnection(nameserver.endpoint, timeout=5.0) as ns:
-
-            def registered() -> bool:
-                info = ns.call(RequestCode.GET_CLUSTER_INFO, m.Empty(), m.ClusterInfo)
-                return "broker-a" in info.brokers
-
-            wait_until("broker registered", registered)
-        yield server
-    finally:
-        server.stop()
-    assert not server.error_lines(), "\n".join(server.log_lines())
-
-
-@pytest.fixture
-def admin(nameserver: ServerProcess, broker: ServerProcess) -> Iterator[Admin]:
-    with Admin(nameserver.endpoint, timeout=5.0) as a:
-        yield a
-
-
-@pytest.fixture
-def producer(nameserver: ServerProcess, broker: ServerProcess) -> Iterator[Producer]:
-    with Producer("pg", nameservers=nameserver.endpoint) as p:
-        yield p
-
-
-def make_topic(admin: Admin, nameserver: ServerProcess, topic: str, queues: int) -> None:
-    admin.create_topic(topic, queues=queues)
-    with BlockingConnection(nameserver.endpoint, timeout=5.0) as ns:
-
-        def routed() -> bool:
-            try:
-                ns.call(
-                    RequestCode.GET_ROUTE_INFO_BY_TOPIC,
-                    m.GetRouteInfoBody(topic=topic),
-                    m.TopicRouteData,
-                )
-            except NoRouteError:
-                return False
-            return True
-
-        wait_until(f"route of {topic}", routed)
 
 
 class Sink:

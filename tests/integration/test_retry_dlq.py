@@ -17,10 +17,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 import fabric.aio
 from fabric import (
@@ -33,87 +31,14 @@ from fabric import (
     PushConsumer,
 )
 from fabric.admin import Admin
-from fabric.errors import NoRouteError
-from fabric.protocol import RequestCode
-from fabric.protocol import messages as m
-from fabric.protocol.codes import DELAY_LEVELS
-from fabric.testing import ServerProcess, run_broker, write_broker_config
-from fabric.transport import BlockingConnection
+from fabric.testing import ServerProcess
+from tests.integration.cluster import make_topic, wait_until
 
 OK = ConsumeStatus.CONSUME_SUCCESS
 LATER = ConsumeStatus.RECONSUME_LATER
 FAST = {"heartbeat_interval": 0.3, "rebalance_interval": 0.6, "lock_expiry": 3.0}
-#: Seconds of every delay level on the test broker.
+#: Seconds of every delay level on the test broker (the ``broker`` fixture, conftest.py).
 LEVEL = 0.2
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Call ``check`` until it is true or ``timeout`` passes (state in other processes)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        threading.Event().wait(0.02)
-
-
-@pytest.fixture
-def broker(nameserver: ServerProcess, tmp_path: Path) -> Iterator[ServerProcess]:
-    """One registered broker with short delay levels and client expiry."""
-    config = write_broker_config(
-        tmp_path / "broker.json",
-        client_expiry=2.0,
-        lock_expiry=3.0,
-        delay_levels=[LEVEL] * len(DELAY_LEVELS),
-    )
-    server = run_broker(
-        tmp_path / "broker-a",
-        nameserver.endpoint,
-        name="broker-a",
-        config=config,
-        heartbeat_interval=1.0,
-    )
-    try:
-        with BlockingConnection(nameserver.endpoint, timeout=5.0) as ns:
-
-            def registered() -> bool:
-                info = ns.call(RequestCode.GET_CLUSTER_INFO, m.Empty(), m.ClusterInfo)
-                return "broker-a" in info.brokers
-
-            wait_until("broker registered", registered)
-        yield server
-    finally:
-        server.stop()
-    assert not server.error_lines(), "\n".join(server.log_lines())
-
-
-@pytest.fixture
-def admin(nameserver: ServerProcess, broker: ServerProcess) -> Iterator[Admin]:
-    with Admin(nameserver.endpoint, timeout=5.0) as a:
-        yield a
-
-
-@pytest.fixture
-def producer(nameserver: ServerProcess, broker: ServerProcess) -> Iterator[Producer]:
-    with Producer("pg", nameservers=nameserver.endpoint) as p:
-        yield p
-
-
-def make_topic(admin: Admin, nameserver: ServerProcess, topic: str, queues: int) -> None:
-    admin.create_topic(topic, queues=queues)
-    with BlockingConnection(nameserver.endpoint, timeout=5.0) as ns:
-
-        def routed() -> bool:
-            try:
-                ns.call(
-                    RequestCode.GET_ROUTE_INFO_BY_TOPIC,
-                    m.GetRouteInfoBody(topic=topic),
-                    m.TopicRouteData,
-                )
-            except NoRouteError:
-                return False
-            return True
-
-        wait_until(f"route of {topic}", routed)
 
 
 def consumer(nameserver: ServerProcess, group: str, **options: object) -> PushConsumer:

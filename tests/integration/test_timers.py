@@ -23,6 +23,7 @@ from fabric.protocol import messages as m
 from fabric.protocol.frames import Reply
 from fabric.testing import ServerProcess, run_broker, write_broker_config
 from fabric.transport import BlockingConnection
+from tests.servers import started_servers
 
 #: Test delay levels: level 1 is 1 s, level 2 is 2 s, the rest 3 s.
 LEVELS = [1.0, 2.0] + [3.0] * 16
@@ -80,23 +81,15 @@ def max_offset(conn: BlockingConnection, topic: str, queue_id: int = 0) -> int:
 @pytest.fixture
 def start_broker(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start brokers on tmp_path/data with the test delay levels; all stopped afterwards."""
-    started: list[ServerProcess] = []
 
-    def start(**fields: Any) -> ServerProcess:
+    def run(**fields: Any) -> ServerProcess:
         fields.setdefault("delay_levels", LEVELS)
         fields.setdefault("timer_max_delay", 3600.0)
         config = write_broker_config(tmp_path / "broker.json", **fields)
-        server = run_broker(tmp_path / "data", config=config)
-        started.append(server)
-        return server
+        return run_broker(tmp_path / "data", config=config)
 
-    try:
+    with started_servers(run) as start:
         yield start
-    finally:
-        for server in started:
-            server.stop()
-    for server in started:
-        assert not server.error_lines(), "\n".join(server.log_lines())
 
 
 @pytest.fixture

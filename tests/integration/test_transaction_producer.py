@@ -37,10 +37,9 @@ from fabric import (
     TransactionSendResult,
     TransactionState,
 )
-from fabric.protocol import RequestCode, SysFlag
-from fabric.protocol import messages as m
-from fabric.testing import ServerProcess, run_broker, run_nameserver, write_broker_config
-from fabric.transport import BlockingConnection
+from fabric.protocol import SysFlag
+from fabric.testing import run_nameserver
+from tests.integration.cluster import OneBrokerCluster
 
 HELPER = Path(__file__).resolve().parent / "tx_helper.py"
 COMMIT, ROLLBACK, UNKNOWN = (
@@ -50,70 +49,28 @@ COMMIT, ROLLBACK, UNKNOWN = (
 )
 
 
-class Cluster:
+class Cluster(OneBrokerCluster):
     """A NameServer and one broker that checks half messages quickly, for the module."""
 
     def __init__(self, tmp: Path) -> None:
-        self.ns = run_nameserver()
-        self.broker: ServerProcess | None = None
-        try:
-            config = write_broker_config(
-                tmp / "broker.json",
-                transaction_timeout=1.0,
-                transaction_check_interval=0.5,
-                transaction_check_max=100,
-                client_expiry=2.0,
-            )
-            self.broker = run_broker(
-                tmp / "data", self.ns.endpoint, config=config, heartbeat_interval=1.0
-            )
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def endpoint(self) -> str:
-        return self.ns.endpoint
+        super().__init__(
+            tmp,
+            transaction_timeout=1.0,
+            transaction_check_interval=0.5,
+            transaction_check_max=100,
+            client_expiry=2.0,
+        )
 
     def make_topic(self, topic: str) -> MessageQueue:
         """CREATE_TOPIC with one queue; wait until the NameServer routes it; its queue."""
-        assert self.broker is not None
-        with BlockingConnection(self.broker.endpoint, timeout=5.0) as conn:
-            conn.call(
-                RequestCode.CREATE_TOPIC,
-                m.TopicConfig(topic=topic, read_queue_nums=1, write_queue_nums=1),
-                m.Empty,
-            )
-        deadline = time.monotonic() + 10.0
-        with BlockingConnection(self.endpoint, timeout=5.0) as ns:
-            while True:
-                try:
-                    ns.call(
-                        RequestCode.GET_ROUTE_INFO_BY_TOPIC,
-                        m.GetRouteInfoBody(topic=topic),
-                        m.TopicRouteData,
-                    )
-                    return MessageQueue(topic, "broker-a", 0)
-                except NoRouteError:
-                    # A bounded retry on a deadline: the broker re-registers on its own.
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.broker is not None:
-            self.broker.stop()
-            assert not self.broker.error_lines(), "\n".join(self.broker.log_lines())
-        self.ns.stop()
+        self.create_topic(topic, 1)
+        return MessageQueue(topic, "broker-a", 0)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("tx"))
-    try:
+    with Cluster(tmp_path_factory.mktemp("tx")) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture

@@ -16,63 +16,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
-import zmq
 
-from fabric.protocol import Flag, RequestCode, ResponseCode, encode_request, parse_reply
+from fabric.protocol import RequestCode, ResponseCode
 from fabric.protocol import messages as m
 from fabric.protocol.codes import SysFlag, TransactionState
 from fabric.protocol.frames import Reply
 from fabric.protocol.records import Record, decode_record
 from fabric.testing import ServerProcess, run_broker, write_broker_config
+from tests.integration.raw_client import PUSH_FLAGS, RawClient
 
 TIMEOUT = 0.3
 INTERVAL = 0.2
 CHECK_MAX = 3
-PUSH_FLAGS = int(Flag.RESPONSE | Flag.PUSH)
 GROUP = "txpg"
 
 
-class Producer:
-    """A raw DEALER: requests, their replies, and the pushes that arrive meanwhile."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.sndtimeo = 5000
-        self.sock.connect(endpoint)
-        self.next_id = 0
-        self.replies: dict[int, Reply] = {}
-        self.pushes: list[Reply] = []
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-        self.ctx.term()
-
-    def _receive(self, timeout: float) -> None:
-        if not self.sock.poll(max(0, int(timeout * 1000))):
-            return
-        reply = parse_reply(self.sock.recv_multipart())
-        if reply.flags & Flag.PUSH:
-            assert reply.flags == PUSH_FLAGS, reply.flags
-            self.pushes.append(reply)
-        else:
-            self.replies[reply.request_id] = reply
-
-    def request(
-        self, code: RequestCode, body: msgspec.Struct, frames: list[bytes] | None = None
-    ) -> Reply:
-        self.next_id += 1
-        rid = self.next_id
-        self.sock.send_multipart(encode_request(code, rid, body, frames or []))
-        deadline = time.monotonic() + 5.0
-        while rid not in self.replies:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no reply to {code.name} within 5s"
-            self._receive(remaining)
-        return self.replies.pop(rid)
+class Producer(RawClient):
+    """A raw producer: transaction requests, their replies, and the pushes that arrive meanwhile."""
 
     def heartbeat(self, client_id: str = "tx-producer") -> None:
         body = m.ClientHeartbeatBody(client_id=client_id, producer_groups=[GROUP])
@@ -82,21 +43,14 @@ class Producer:
         self, offset: int, timeout: float, tick: Callable[[], object] | None = None
     ) -> Reply | None:
         """The next CHECK_TRANSACTION_STATE push for the half message at ``offset``."""
-        deadline = time.monotonic() + timeout
-        next_tick = time.monotonic()
-        while True:
-            for i, push in enumerate(self.pushes):
-                if push.code == RequestCode.CHECK_TRANSACTION_STATE and (
-                    push.decode(m.CheckTransactionBody).commitlog_offset == offset
-                ):
-                    return self.pushes.pop(i)
-            now = time.monotonic()
-            if now >= deadline:
-                return None
-            if tick is not None and now >= next_tick:
-                tick()
-                next_tick = now + 0.25
-            self._receive(min(deadline, next_tick) - now)
+        return self.take(
+            lambda p: (
+                p.code == RequestCode.CHECK_TRANSACTION_STATE
+                and p.decode(m.CheckTransactionBody).commitlog_offset == offset
+            ),
+            timeout,
+            tick,
+        )
 
     # -- requests --------------------------------------------------------------------------
 

@@ -33,7 +33,11 @@ def allowed(name: str, prefixes: tuple[str, ...]) -> bool:
     return top in STDLIB or top == "__future__" or name.startswith(prefixes)
 
 
-BASE = [*sorted((ROOT / "fabric" / "protocol").glob("*.py")), ROOT / "fabric" / "errors.py"]
+BASE = [
+    *sorted((ROOT / "fabric" / "protocol").glob("*.py")),
+    ROOT / "fabric" / "errors.py",
+    ROOT / "fabric" / "atomic.py",
+]
 
 
 @pytest.mark.parametrize("path", BASE, ids=lambda p: str(p.relative_to(ROOT)))
@@ -90,6 +94,7 @@ CLIENT = sorted(
 _CLIENT_MODULES = (
     "fabric.protocol",
     "fabric.errors",
+    "fabric.atomic",
     # Filters (pure: fabric.errors and the stdlib): consumers check expressions at subscribe.
     "fabric.filters",
     "fabric.transport",

@@ -7,17 +7,14 @@ queue is full (ZeroMQ refuses with EAGAIN) and a peer that is gone (EHOSTUNREACH
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-
-import pytest
+from collections.abc import Callable, Sequence
 
 from broker.arrivals import Arrivals
 from broker.locks import QueueLockTable
 from broker.offsets import ConsumerOffsets
 from broker.push import Delivery, PushService, StreamState
 from broker.reading import FilterCache
-from broker.store import MessageStore, PutMessage, StoreConfig
+from broker.store import MessageStore, PutMessage
 from fabric.protocol import RequestCode, parse_reply
 from fabric.protocol import messages as m
 from fabric.protocol.frames import Buffer
@@ -49,20 +46,6 @@ class FakePusher:
         return [
             o for ident, _c, _s, offsets, _n in self.pushed if ident == identity for o in offsets
         ]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[MessageStore]:
-    config = StoreConfig(
-        segment_size=4 * 1024 * 1024,
-        max_message_size=64 * 1024,
-        cq_entries_per_file=4096,
-        index_slots=64,
-        index_entries=256,
-        warm_ahead_bytes=0,
-    )
-    with MessageStore(str(tmp_path / "store"), config) as opened:
-        yield opened
 
 
 def _fill(store: MessageStore, topic: str, count: int, tags: str = "") -> None:

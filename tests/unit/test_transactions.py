@@ -19,7 +19,7 @@ from broker.config import BrokerConfig
 from broker.offsets import ConsumerOffsets
 from broker.processors import BrokerContext
 from broker.push import Delivery
-from broker.store import MessageStore, PutMessage, StoreConfig, StoredMessage
+from broker.store import MessageStore, PutMessage, StoredMessage
 from broker.topics import TopicTable
 from broker.transactions import CHUNK, TransactionService
 from fabric.protocol import RequestCode, parse_reply
@@ -52,20 +52,6 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
         yield loop
     finally:
         loop.close()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[MessageStore]:
-    config = StoreConfig(
-        segment_size=4 * 1024 * 1024,
-        max_message_size=64 * 1024,
-        cq_entries_per_file=4096,
-        index_slots=64,
-        index_entries=256,
-        warm_ahead_bytes=0,
-    )
-    with MessageStore(str(tmp_path / "store"), config) as opened:
-        yield opened
 
 
 def make_ctx(
