@@ -203,7 +203,9 @@ class TransactionCore(ProducerCore):
         task, self._heartbeats = self._heartbeats, None
         if task is not None:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            # Bounded: on Python 3.11 asyncio.wait_for (inside a request) can swallow a
+            # cancellation; the loop then ends on ``closing`` at its next round.
+            await asyncio.wait({task}, timeout=_CLOSE_STEP)
         checks = list(self._checks.values())
         if checks:
             await asyncio.wait(checks, timeout=min(timeout, _CLOSE_STEP))
@@ -217,7 +219,7 @@ class TransactionCore(ProducerCore):
     # -- heartbeats ---------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self.closing:
             try:
                 await self.heartbeat()
             except asyncio.CancelledError:
