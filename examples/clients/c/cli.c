@@ -4,6 +4,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,4 +96,71 @@ int cli_check_utf8(const char *prog, const char *what, const char *s) {
         return -1;
     }
     return 0;
+}
+
+void cli_target_init(cli_target *t) {
+    memset(t, 0, sizeof *t);
+    t->queue = -1;
+    t->timeout_ms = 3000;
+}
+
+int cli_common_option(const char *prog, int c, char **argv, void (*usage)(FILE *out),
+                      cli_target *t) {
+    switch (c) {
+    case 'n':
+        t->nameserver = optarg;
+        return 0;
+    case 'b':
+        t->broker = optarg;
+        return 0;
+    case 't':
+        t->topic = optarg;
+        return 0;
+    case 'B':
+        t->broker_name = optarg;
+        return 0;
+    case 'q':
+        return cli_parse_i64(prog, "--queue", optarg, 0, FAB_MAX_QUEUE_NUMS - 1, &t->queue);
+    case 'W':
+        return cli_parse_i64(prog, "--timeout", optarg, 1, 3600000, &t->timeout_ms);
+    case 'h':
+        usage(stdout);
+        exit(0);
+    case ':':
+        (void)fprintf(stderr, "%s: error: %s needs a value\n", prog, argv[optind - 1]);
+        return -1;
+    default:
+        (void)fprintf(stderr, "%s: error: unknown option %s\n", prog, argv[optind - 1]);
+        return -1;
+    }
+}
+
+int cli_check_target(const char *prog, const char *nameserver, const char *broker) {
+    if ((nameserver == NULL) == (broker == NULL)) {
+        (void)fprintf(stderr, "%s: error: give exactly one of --nameserver and --broker\n", prog);
+        return -1;
+    }
+    return 0;
+}
+
+int cli_flush_stdout(const char *prog, int status, int failed) {
+    if (fflush(stdout) != 0 || ferror(stdout) || failed) {
+        (void)fprintf(stderr, "%s: error: cannot write to stdout\n", prog);
+        return EXIT_FAILED;
+    }
+    return status;
+}
+
+int cli_ctx_term(const char *prog, void *zctx, int status) {
+    if (zctx == NULL) {
+        return status;
+    }
+    while (zmq_ctx_term(zctx) != 0) {
+        if (zmq_errno() != EINTR) {
+            (void)fprintf(stderr, "%s: error: zmq_ctx_term: %s\n", prog,
+                          zmq_strerror(zmq_errno()));
+            return EXIT_FAILED;
+        }
+    }
+    return status;
 }

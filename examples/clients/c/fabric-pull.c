@@ -15,7 +15,6 @@
  * Errors print "fabric-pull: error: NAME (CODE) from ENDPOINT: REMARK" on stderr and
  * the exit status is 1 (2 for bad usage).
  */
-#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -55,11 +54,7 @@ static void usage(FILE *out) {
 }
 
 typedef struct {
-    const char *nameserver;
-    const char *broker;
-    const char *topic;
-    int64_t queue;
-    const char *broker_name;
+    cli_target t; /* -n -b -t -q --broker-name --timeout */
     const char *offset;
     int64_t max;
     const char *group;
@@ -67,7 +62,6 @@ typedef struct {
     const char *subscription;
     int no_commit;
     int check_crc;
-    int64_t timeout_ms;
 } options;
 
 /* ------------------------------------------------------------------------------ */
@@ -150,11 +144,7 @@ static void out_base64(const uint8_t *p, size_t n) {
 
 static int parse_args(int argc, char **argv, options *o) {
     static const struct option longopts[] = {
-        {"nameserver", required_argument, NULL, 'n'},
-        {"broker", required_argument, NULL, 'b'},
-        {"topic", required_argument, NULL, 't'},
-        {"queue", required_argument, NULL, 'q'},
-        {"broker-name", required_argument, NULL, 'B'},
+        CLI_TARGET_LONGOPTS,
         {"offset", required_argument, NULL, 'o'},
         {"max", required_argument, NULL, 'm'},
         {"group", required_argument, NULL, 'g'},
@@ -162,39 +152,18 @@ static int parse_args(int argc, char **argv, options *o) {
         {"subscription", required_argument, NULL, 's'},
         {"no-commit", no_argument, NULL, 'N'},
         {"check-crc", no_argument, NULL, 'C'},
-        {"timeout", required_argument, NULL, 'W'},
-        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     memset(o, 0, sizeof *o);
-    o->queue = -1;
+    cli_target_init(&o->t);
     o->offset = "committed";
     o->max = 32;
     o->group = "fabric-c-consumer";
     o->subscription = "*";
-    o->timeout_ms = 3000;
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":n:b:t:q:o:m:g:w:s:h", longopts, NULL)) != -1) {
         switch (c) {
-        case 'n':
-            o->nameserver = optarg;
-            break;
-        case 'b':
-            o->broker = optarg;
-            break;
-        case 't':
-            o->topic = optarg;
-            break;
-        case 'q':
-            if (cli_parse_i64(PROG, "--queue", optarg, 0, FAB_MAX_QUEUE_NUMS - 1, &o->queue) !=
-                0) {
-                return -1;
-            }
-            break;
-        case 'B':
-            o->broker_name = optarg;
-            break;
         case 'o':
             o->offset = optarg;
             break;
@@ -220,31 +189,21 @@ static int parse_args(int argc, char **argv, options *o) {
         case 'C':
             o->check_crc = 1;
             break;
-        case 'W':
-            if (cli_parse_i64(PROG, "--timeout", optarg, 1, 3600000, &o->timeout_ms) != 0) {
+        default:
+            if (cli_common_option(PROG, c, argv, usage, &o->t) != 0) {
                 return -1;
             }
             break;
-        case 'h':
-            usage(stdout);
-            exit(0);
-        case ':':
-            (void)fprintf(stderr, PROG ": error: %s needs a value\n", argv[optind - 1]);
-            return -1;
-        default:
-            (void)fprintf(stderr, PROG ": error: unknown option %s\n", argv[optind - 1]);
-            return -1;
         }
     }
     if (optind < argc) {
         (void)fprintf(stderr, PROG ": error: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
-    if ((o->nameserver == NULL) == (o->broker == NULL)) {
-        (void)fprintf(stderr, PROG ": error: give exactly one of --nameserver and --broker\n");
+    if (cli_check_target(PROG, o->t.nameserver, o->t.broker) != 0) {
         return -1;
     }
-    if (o->topic == NULL || o->queue < 0) {
+    if (o->t.topic == NULL || o->t.queue < 0) {
         (void)fprintf(stderr, PROG ": error: --topic and --queue are required\n");
         return -1;
     }
@@ -256,7 +215,7 @@ static int parse_args(int argc, char **argv, options *o) {
             return -1;
         }
     }
-    if (cli_check_utf8(PROG, "--topic", o->topic) != 0 ||
+    if (cli_check_utf8(PROG, "--topic", o->t.topic) != 0 ||
         cli_check_utf8(PROG, "--group", o->group) != 0 ||
         cli_check_utf8(PROG, "--subscription", o->subscription) != 0) {
         return -1;
@@ -268,43 +227,38 @@ static int parse_args(int argc, char **argv, options *o) {
 /* Requests                                                                        */
 /* ------------------------------------------------------------------------------ */
 
-/* The broker serving queue o->queue for reading, and its broker name. */
+/* The broker serving queue o->t.queue for reading, and its broker name. */
 static int resolve_broker(void *zctx, const options *o, char *addr, size_t addr_size,
                           char *broker_name, size_t name_size, fab_error *err) {
-    if (o->broker != NULL) {
-        (void)snprintf(broker_name, name_size, "%s", o->broker_name ? o->broker_name : "");
-        return fab_endpoint(o->broker, addr, addr_size, err);
-    }
-    fab_conn ns;
-    if (fab_conn_open(&ns, zctx, o->nameserver, (int)o->timeout_ms, err) != 0) {
-        return -1;
+    if (o->t.broker != NULL) {
+        (void)snprintf(broker_name, name_size, "%s", o->t.broker_name ? o->t.broker_name : "");
+        return fab_endpoint(o->t.broker, addr, addr_size, err);
     }
     fab_queue_list qs;
-    int rc = fab_route_queues(&ns, o->topic, FAB_PERM_READ, (int)o->timeout_ms, &qs, err);
-    fab_conn_close(&ns, 0);
-    if (rc != 0) {
+    if (fab_lookup_queues(zctx, o->t.nameserver, o->t.topic, FAB_PERM_READ, 0,
+                          (int)o->t.timeout_ms, &qs, err) != 0) {
         return -1;
     }
     const fab_queue *found = NULL;
     for (size_t i = 0; i < qs.n; i++) {
         const fab_queue *q = &qs.items[i];
-        if (q->queue_id != o->queue ||
-            (o->broker_name != NULL && strcmp(q->broker_name, o->broker_name) != 0)) {
+        if (q->queue_id != o->t.queue ||
+            (o->t.broker_name != NULL && strcmp(q->broker_name, o->t.broker_name) != 0)) {
             continue;
         }
         if (found != NULL) {
             fab_set_error(err, FAB_E_LOCAL, NULL,
                           "brokers %s and %s both serve queue %lld of %s: choose one with "
                           "--broker-name",
-                          found->broker_name, q->broker_name, (long long)o->queue, o->topic);
+                          found->broker_name, q->broker_name, (long long)o->t.queue, o->t.topic);
             fab_queue_list_free(&qs);
             return -1;
         }
         found = q;
     }
     if (found == NULL) {
-        fab_set_error(err, FAB_E_LOCAL, NULL, "topic %s has no readable queue %lld%s", o->topic,
-                      (long long)o->queue, o->broker_name ? " on that broker name" : "");
+        fab_set_error(err, FAB_E_LOCAL, NULL, "topic %s has no readable queue %lld%s", o->t.topic,
+                      (long long)o->t.queue, o->t.broker_name ? " on that broker name" : "");
         fab_queue_list_free(&qs);
         return -1;
     }
@@ -324,11 +278,11 @@ static int query_offset(fab_conn *c, const options *o, uint32_t code, int64_t *o
         if (code == FAB_QUERY_CONSUMER_OFFSET) {
             fab_pack_kv_str(&r, "consumer_group", o->group);
         }
-        fab_pack_kv_str(&r, "topic", o->topic);
-        fab_pack_kv_int(&r, "queue_id", o->queue);
+        fab_pack_kv_str(&r, "topic", o->t.topic);
+        fab_pack_kv_int(&r, "queue_id", o->t.queue);
     }
     fab_reply reply;
-    int rc = fab_call(c, &r, NULL, 0, (int)o->timeout_ms, &reply, err);
+    int rc = fab_call(c, &r, NULL, 0, (int)o->t.timeout_ms, &reply, err);
     fab_request_free(&r);
     if (rc != 0) {
         return -1;
@@ -371,12 +325,12 @@ static int commit_offset(fab_conn *c, const options *o, int64_t offset, fab_erro
     if (fab_request_begin(&r, FAB_COMMIT_CONSUMER_OFFSET, 0) == 0) {
         fab_pack_map(&r, 4);
         fab_pack_kv_str(&r, "consumer_group", o->group);
-        fab_pack_kv_str(&r, "topic", o->topic);
-        fab_pack_kv_int(&r, "queue_id", o->queue);
+        fab_pack_kv_str(&r, "topic", o->t.topic);
+        fab_pack_kv_int(&r, "queue_id", o->t.queue);
         fab_pack_kv_int(&r, "offset", offset);
     }
     fab_reply reply;
-    int rc = fab_call(c, &r, NULL, 0, (int)o->timeout_ms, &reply, err);
+    int rc = fab_call(c, &r, NULL, 0, (int)o->t.timeout_ms, &reply, err);
     fab_request_free(&r);
     if (rc != 0) {
         return -1;
@@ -566,8 +520,8 @@ static int pull_loop(fab_conn *c, const options *o, const char *broker_name, int
         if (fab_request_begin(&r, FAB_PULL_MESSAGE, 0) == 0) {
             fab_pack_map(&r, 7);
             fab_pack_kv_str(&r, "consumer_group", o->group);
-            fab_pack_kv_str(&r, "topic", o->topic);
-            fab_pack_kv_int(&r, "queue_id", o->queue);
+            fab_pack_kv_str(&r, "topic", o->t.topic);
+            fab_pack_kv_int(&r, "queue_id", o->t.queue);
             fab_pack_kv_int(&r, "queue_offset", res->next_offset);
             fab_pack_kv_int(&r, "max_msgs", want > 1024 ? 1024 : want);
             fab_pack_kv_int(&r, "suspend_timeout_ms", suspend);
@@ -575,7 +529,7 @@ static int pull_loop(fab_conn *c, const options *o, const char *broker_name, int
         }
         fab_reply reply;
         /* Section 11.7: the wait plus the request timeout. */
-        int rc = fab_call(c, &r, NULL, 0, (int)(suspend + o->timeout_ms), &reply, err);
+        int rc = fab_call(c, &r, NULL, 0, (int)(suspend + o->t.timeout_ms), &reply, err);
         fab_request_free(&r);
         if (rc != 0) {
             return -1;
@@ -645,7 +599,7 @@ int main(int argc, char **argv) {
     int64_t offset;
     pull_outcome res;
     if (resolve_broker(zctx, &o, addr, sizeof addr, broker_name, sizeof broker_name, &err) != 0 ||
-        fab_conn_open(&conn, zctx, addr, (int)o.timeout_ms, &err) != 0 ||
+        fab_conn_open(&conn, zctx, addr, (int)o.t.timeout_ms, &err) != 0 ||
         start_offset(&conn, &o, &offset, &err) != 0 ||
         pull_loop(&conn, &o, broker_name, offset, &res, &err) != 0) {
         cli_print_error(PROG, &err);
@@ -666,17 +620,7 @@ int main(int argc, char **argv) {
     }
     status = 0;
 done:
-    if (fflush(stdout) != 0 || ferror(stdout) || out_failed) {
-        (void)fprintf(stderr, PROG ": error: cannot write to stdout\n");
-        status = EXIT_FAILED;
-    }
+    status = cli_flush_stdout(PROG, status, out_failed);
     fab_conn_close(&conn, 0);
-    while (zmq_ctx_term(zctx) != 0) {
-        if (zmq_errno() != EINTR) {
-            (void)fprintf(stderr, PROG ": error: zmq_ctx_term: %s\n", zmq_strerror(zmq_errno()));
-            status = EXIT_FAILED;
-            break;
-        }
-    }
-    return status;
+    return cli_ctx_term(PROG, zctx, status);
 }

@@ -11,7 +11,6 @@
  * prints "fabric-send: error: NAME (CODE) from ENDPOINT: REMARK" on stderr and the
  * exit status is 1 (2 for bad usage).
  */
-#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,9 +50,7 @@ static void usage(FILE *out) {
 }
 
 typedef struct {
-    const char *nameserver;
-    const char *broker;
-    const char *topic;
+    cli_target t; /* -n -b -t -q --broker-name --timeout */
     const char *group;
     const char *tag;
     const char **keys;
@@ -62,11 +59,8 @@ typedef struct {
     size_t nprops;
     int64_t count;
     int oneway;
-    int64_t queue; /* -1: any */
-    const char *broker_name;
     int64_t flag;
     int64_t compress_over;
-    int64_t timeout_ms;
     int64_t retries;
     const char *body_arg;
 } options;
@@ -122,31 +116,24 @@ static const char *send_status(int code) {
 
 static int parse_args(int argc, char **argv, options *o) {
     static const struct option longopts[] = {
-        {"nameserver", required_argument, NULL, 'n'},
-        {"broker", required_argument, NULL, 'b'},
-        {"topic", required_argument, NULL, 't'},
+        CLI_TARGET_LONGOPTS,
         {"group", required_argument, NULL, 'g'},
         {"tag", required_argument, NULL, 'T'},
         {"key", required_argument, NULL, 'k'},
         {"prop", required_argument, NULL, 'p'},
         {"count", required_argument, NULL, 'c'},
         {"oneway", no_argument, NULL, 'O'},
-        {"queue", required_argument, NULL, 'q'},
-        {"broker-name", required_argument, NULL, 'B'},
         {"flag", required_argument, NULL, 'F'},
         {"compress-over", required_argument, NULL, 'Z'},
-        {"timeout", required_argument, NULL, 'W'},
         {"retries", required_argument, NULL, 'R'},
-        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     memset(o, 0, sizeof *o);
+    cli_target_init(&o->t);
     o->group = "fabric-c-producer";
     o->tag = "";
     o->count = 1;
-    o->queue = -1;
     o->compress_over = 4096;
-    o->timeout_ms = 3000;
     o->retries = 2;
     /* At most argc keys and properties: allocate once, no growth needed. */
     o->keys = calloc((size_t)argc, sizeof *o->keys);
@@ -159,15 +146,6 @@ static int parse_args(int argc, char **argv, options *o) {
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":n:b:t:g:k:p:c:q:h", longopts, NULL)) != -1) {
         switch (c) {
-        case 'n':
-            o->nameserver = optarg;
-            break;
-        case 'b':
-            o->broker = optarg;
-            break;
-        case 't':
-            o->topic = optarg;
-            break;
         case 'g':
             o->group = optarg;
             break;
@@ -188,15 +166,6 @@ static int parse_args(int argc, char **argv, options *o) {
         case 'O':
             o->oneway = 1;
             break;
-        case 'q':
-            if (cli_parse_i64(PROG, "--queue", optarg, 0, FAB_MAX_QUEUE_NUMS - 1, &o->queue) !=
-                0) {
-                return -1;
-            }
-            break;
-        case 'B':
-            o->broker_name = optarg;
-            break;
         case 'F':
             if (cli_parse_i64(PROG, "--flag", optarg, INT32_MIN, INT32_MAX, &o->flag) != 0) {
                 return -1;
@@ -208,25 +177,16 @@ static int parse_args(int argc, char **argv, options *o) {
                 return -1;
             }
             break;
-        case 'W':
-            if (cli_parse_i64(PROG, "--timeout", optarg, 1, 3600000, &o->timeout_ms) != 0) {
-                return -1;
-            }
-            break;
         case 'R':
             if (cli_parse_i64(PROG, "--retries", optarg, 0, 100, &o->retries) != 0) {
                 return -1;
             }
             break;
-        case 'h':
-            usage(stdout);
-            exit(0);
-        case ':':
-            (void)fprintf(stderr, PROG ": error: %s needs a value\n", argv[optind - 1]);
-            return -1;
         default:
-            (void)fprintf(stderr, PROG ": error: unknown option %s\n", argv[optind - 1]);
-            return -1;
+            if (cli_common_option(PROG, c, argv, usage, &o->t) != 0) {
+                return -1;
+            }
+            break;
         }
     }
     if (optind < argc) {
@@ -236,17 +196,16 @@ static int parse_args(int argc, char **argv, options *o) {
         (void)fprintf(stderr, PROG ": error: more than one BODY argument ('%s')\n", argv[optind]);
         return -1;
     }
-    if ((o->nameserver == NULL) == (o->broker == NULL)) {
-        (void)fprintf(stderr, PROG ": error: give exactly one of --nameserver and --broker\n");
+    if (cli_check_target(PROG, o->t.nameserver, o->t.broker) != 0) {
         return -1;
     }
-    if (o->topic == NULL) {
+    if (o->t.topic == NULL) {
         (void)fprintf(stderr, PROG ": error: --topic is required\n");
         return -1;
     }
     /* Names are checked by the servers (section 8), whose error is then printed; the
      * strings must still be UTF-8 to be MessagePack str at all (section 2). */
-    if (cli_check_utf8(PROG, "--topic", o->topic) != 0 ||
+    if (cli_check_utf8(PROG, "--topic", o->t.topic) != 0 ||
         cli_check_utf8(PROG, "--group", o->group) != 0 ||
         cli_check_utf8(PROG, "--tag", o->tag) != 0) {
         return -1;
@@ -284,7 +243,7 @@ static void pack_send(fab_request *r, const options *o, const fab_queue *q, cons
                       int32_t sysflag) {
     fab_pack_map(r, 10);
     fab_pack_kv_str(r, "producer_group", o->group);
-    fab_pack_kv_str(r, "topic", o->topic);
+    fab_pack_kv_str(r, "topic", o->t.topic);
     fab_pack_kv_int(r, "queue_id", q->queue_id);
     fab_pack_kv_str(r, "tags", o->tag);
     fab_pack_str(r, "keys");
@@ -309,51 +268,37 @@ static void pack_send(fab_request *r, const options *o, const fab_queue *q, cons
 static int resolve_queues(void *zctx, const options *o, fab_queue_list *out, fab_error *err) {
     out->items = NULL;
     out->n = 0;
-    if (o->broker != NULL) {
+    if (o->t.broker != NULL) {
         out->items = calloc(1, sizeof *out->items);
         if (out->items == NULL) {
             fab_set_error(err, FAB_E_LOCAL, NULL, "out of memory");
             return -1;
         }
         out->n = 1;
-        out->items[0].queue_id = o->queue < 0 ? 0 : (int32_t)o->queue;
+        out->items[0].queue_id = o->t.queue < 0 ? 0 : (int32_t)o->t.queue;
         (void)snprintf(out->items[0].broker_name, sizeof out->items[0].broker_name, "%s",
-                       o->broker_name != NULL ? o->broker_name : "");
-        return fab_endpoint(o->broker, out->items[0].addr, sizeof out->items[0].addr, err);
+                       o->t.broker_name != NULL ? o->t.broker_name : "");
+        return fab_endpoint(o->t.broker, out->items[0].addr, sizeof out->items[0].addr, err);
     }
-    fab_conn ns;
-    if (fab_conn_open(&ns, zctx, o->nameserver, (int)o->timeout_ms, err) != 0) {
-        return -1;
-    }
-    int rc = fab_route_queues(&ns, o->topic, FAB_PERM_WRITE, (int)o->timeout_ms, out, err);
-    if (rc != 0 && err->code == FAB_NO_ROUTE) {
-        /* Section 11.2, provisional route: queue 0 of every live master, so that a
-         * broker with auto-create creates the topic. */
-        fab_error route_err = *err;
-        rc = fab_cluster_master_queues(&ns, (int)o->timeout_ms, out, err);
-        if (rc == 0 && out->n == 0) {
-            *err = route_err;
-            rc = -1;
-        }
-    }
-    fab_conn_close(&ns, 0);
-    if (rc != 0) {
+    /* With the provisional route of section 11.2 when the topic has none yet. */
+    if (fab_lookup_queues(zctx, o->t.nameserver, o->t.topic, FAB_PERM_WRITE, 1,
+                          (int)o->t.timeout_ms, out, err) != 0) {
         return -1;
     }
     size_t kept = 0;
     for (size_t i = 0; i < out->n; i++) {
         const fab_queue *q = &out->items[i];
-        if ((o->queue >= 0 && q->queue_id != o->queue) ||
-            (o->broker_name != NULL && strcmp(q->broker_name, o->broker_name) != 0)) {
+        if ((o->t.queue >= 0 && q->queue_id != o->t.queue) ||
+            (o->t.broker_name != NULL && strcmp(q->broker_name, o->t.broker_name) != 0)) {
             continue;
         }
         out->items[kept++] = *q;
     }
     out->n = kept;
     if (kept == 0) {
-        fab_set_error(err, FAB_E_LOCAL, NULL, "topic %s has no writable queue%s", o->topic,
-                      o->queue >= 0 || o->broker_name != NULL ? " matching --queue/--broker-name"
-                                                             : "");
+        int filtered = o->t.queue >= 0 || o->t.broker_name != NULL;
+        fab_set_error(err, FAB_E_LOCAL, NULL, "topic %s has no writable queue%s", o->t.topic,
+                      filtered ? " matching --queue/--broker-name" : "");
         return -1;
     }
     return 0;
@@ -380,7 +325,7 @@ static int send_one(void *zctx, conn_pool *pool, const options *o, const fab_que
     if (fab_new_msg_id(uniq_id, err) != 0) {
         return -1;
     }
-    int64_t deadline = fab_monotonic_ms() + o->timeout_ms;
+    int64_t deadline = fab_monotonic_ms() + o->t.timeout_ms;
     size_t at = *pos % qs->n;
     *pos = at + 1;
     for (int64_t attempt = 0;; attempt++) {
@@ -392,7 +337,7 @@ static int send_one(void *zctx, conn_pool *pool, const options *o, const fab_que
             }
             return -1; /* err holds the last attempt's failure */
         }
-        fab_conn *conn = pool_get(pool, zctx, q->addr, (int)o->timeout_ms, err);
+        fab_conn *conn = pool_get(pool, zctx, q->addr, (int)o->t.timeout_ms, err);
         if (conn == NULL) {
             return -1;
         }
@@ -456,7 +401,7 @@ static int send_one(void *zctx, conn_pool *pool, const options *o, const fab_que
             return -1;
         }
         /* A retry keeps uniq_id and goes to another broker unless a queue was chosen. */
-        if (o->queue < 0 && o->broker_name == NULL) {
+        if (o->t.queue < 0 && o->t.broker_name == NULL) {
             at = next_other_broker(qs, at);
             *pos = at + 1;
         }
@@ -536,27 +481,15 @@ int main(int argc, char **argv) {
     }
     status = 0;
 done:
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        (void)fprintf(stderr, PROG ": error: cannot write to stdout\n");
-        status = EXIT_FAILED;
-    }
+    status = cli_flush_stdout(PROG, status, 0);
     if (pool != NULL) {
         /* Oneway messages still queued get up to --timeout to leave (11.8). */
         for (size_t i = 0; i < pool->n; i++) {
-            fab_conn_close(&pool->conns[i], o.oneway ? (int)o.timeout_ms : 0);
+            fab_conn_close(&pool->conns[i], o.oneway ? (int)o.t.timeout_ms : 0);
         }
         free(pool);
     }
-    if (zctx != NULL) {
-        while (zmq_ctx_term(zctx) != 0) {
-            if (zmq_errno() != EINTR) {
-                (void)fprintf(stderr, PROG ": error: zmq_ctx_term: %s\n",
-                              zmq_strerror(zmq_errno()));
-                status = EXIT_FAILED;
-                break;
-            }
-        }
-    }
+    status = cli_ctx_term(PROG, zctx, status);
     fab_queue_list_free(&qs);
     free(packed);
     free(stdin_body);

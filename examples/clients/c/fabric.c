@@ -865,6 +865,33 @@ fail:
     return -1;
 }
 
+int fab_lookup_queues(void *zctx, const char *nameserver, const char *topic, int perm,
+                      int provisional, int timeout_ms, fab_queue_list *out, fab_error *err) {
+    out->items = NULL;
+    out->n = 0;
+    fab_conn ns;
+    if (fab_conn_open(&ns, zctx, nameserver, timeout_ms, err) != 0) {
+        return -1;
+    }
+    int rc = fab_route_queues(&ns, topic, perm, timeout_ms, out, err);
+    if (rc != 0 && provisional && err->code == FAB_NO_ROUTE) {
+        /* Section 11.2, provisional route: queue 0 of every live master, so that a
+         * broker with auto-create creates the topic. */
+        fab_error route_err = *err;
+        rc = fab_cluster_master_queues(&ns, timeout_ms, out, err);
+        if (rc == 0 && out->n == 0) {
+            *err = route_err;
+            rc = -1;
+        }
+    }
+    fab_conn_close(&ns, 0);
+    if (rc != 0) {
+        fab_queue_list_free(out);
+        return -1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------ */
 /* Records                                                                         */
 /* ------------------------------------------------------------------------------ */

@@ -191,6 +191,14 @@ int fab_route_queues(fab_conn *ns, const char *topic, int perm, int timeout_ms,
 /* The provisional route of 11.2: queue 0 of every live master (GET_CLUSTER_INFO). */
 int fab_cluster_master_queues(fab_conn *ns, int timeout_ms, fab_queue_list *out, fab_error *err);
 void fab_queue_list_free(fab_queue_list *list);
+/*
+ * Open a connection to the NameServer at endpoint, list the topic's queues with
+ * fab_route_queues and close it again. With provisional set, a NO_ROUTE reply falls
+ * back to fab_cluster_master_queues (keeping the NO_ROUTE error when that is empty).
+ * On failure out is left empty.
+ */
+int fab_lookup_queues(void *zctx, const char *nameserver, const char *topic, int perm,
+                      int provisional, int timeout_ms, fab_queue_list *out, fab_error *err);
 
 /* A stored CommitLog record as a pull reply carries it (section 7.4). */
 typedef struct {
