@@ -15,7 +15,7 @@ from collections.abc import Callable
 import msgspec
 from loguru import logger
 
-from .mapped_file import CLOSED_ERRORS, MappedFile, segment_name
+from .mapped_file import CLOSED_ERRORS, MADV_NORMAL, MADV_RANDOM, MappedFile, segment_name
 from .record import (
     BLANK_MAGIC,
     BLANK_MARKER,
@@ -66,6 +66,8 @@ class CommitLog:
         self.segments.load()
         last = self.segments.last
         self.wrote = self.flushed = last.end if last is not None else 0
+        if last is not None:
+            last.advise(MADV_RANDOM)  # the segment appends go to (see MappedFile.advise)
 
     @property
     def min_offset(self) -> int:
@@ -85,20 +87,26 @@ class CommitLog:
         if wrote > self.warm_mark:
             self.on_warm_mark()
         if mf is None or wrote >= mf.end:
-            mf = self.segments.create(wrote - wrote % self.segment_size if mf is None else mf.end)
+            mf = self._new_segment(wrote - wrote % self.segment_size if mf is None else mf.end)
             self.wrote = wrote = mf.start
             logger.info("commitlog segment created: {}", mf.path)
         pos = wrote - mf.start
         if pos + size + END_MARKER_LEN > mf.size:
             remaining = mf.size - pos
             BLANK_MARKER.pack_into(mf.mm, pos, remaining, BLANK_MAGIC)
-            nxt = self.segments.create(mf.end)
+            nxt = self._new_segment(mf.end)
+            mf.advise(MADV_NORMAL)  # sealed: readers catching up get read-ahead again
             self.wrote = nxt.start
             logger.info("commitlog rolled to {} ({} bytes left blank)", nxt.path, remaining)
             self.current = nxt
             return nxt, 0
         self.current = mf
         return mf, pos
+
+    def _new_segment(self, start: int) -> MappedFile:
+        mf = self.segments.create(start)
+        mf.advise(MADV_RANDOM)  # before any page of it is touched (see MappedFile.advise)
+        return mf
 
     # -- reading -----------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> bytes | None:

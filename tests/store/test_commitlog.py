@@ -124,3 +124,32 @@ def test_get_by_offset_outside_the_log_is_none(stores: Stores) -> None:
     assert store.get_record(r.physical_offset + 1) is None
     assert store.get_record(10 * SEGMENT_SIZE) is None
     assert store.get_message(r.physical_offset) is not None
+
+
+def _advised_random(path: Path) -> bool | None:
+    """Whether the mapping of ``path`` in this process has VM_RAND_READ ("rr" in smaps)."""
+    current: str | None = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 6:
+            current = fields[5]
+        elif line.startswith("VmFlags:") and current == str(path):
+            return "rr" in fields[1:]
+    return None
+
+
+def test_only_the_segment_being_written_is_advised_random(stores: Stores, root: Path) -> None:
+    # MADV_RANDOM keeps the write segment in single pages, so a SYNC_FLUSH msync writes
+    # one page, not a large folio (see MappedFile.advise); sealed segments read ahead.
+    store = stores.open()
+    fill(store, 700, queues=3)
+    names = segment_files(root)
+    assert len(names) > 2
+    flags = [_advised_random(root / "commitlog" / name) for name in names]
+    assert flags[-1] is True
+    assert flags[:-1] == [False] * (len(names) - 1)
+    store.close()
+    reopened = stores.open()
+    assert _advised_random(root / "commitlog" / names[-1]) is True
+    assert _advised_random(root / "commitlog" / names[0]) is False
+    reopened.close()
