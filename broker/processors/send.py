@@ -7,10 +7,13 @@ reply Struct. The message body is the frame as
 received; it goes into the store as is, never re-encoded.
 
 ASYNC_FLUSH: the reply is returned at once. SYNC_FLUSH: the loop never waits on the disk.
-The send asks the flush thread for its end offset (``store.request_flush``) and parks
-its reply in :class:`SyncFlushWaiters`, a deque in CommitLog order (appends happen on
-this loop, so end offsets only grow). The store's flush listener posts each new flushed
-offset to the loop (``call_soon_threadsafe``, once per flush), and
+The send records its end offset (:meth:`SyncFlushWaiters.want`) and parks its reply in
+:class:`SyncFlushWaiters`, a deque in CommitLog order (appends happen on this loop, so
+end offsets only grow). When the server has read every waiting request, it flushes what
+was asked: on the loop itself when the range is small and the flush thread is idle (no
+thread hand-over: the lone-send latency), else by the flush thread
+(``store.request_flush``), whose listener posts each new flushed offset to the loop
+(``call_soon_threadsafe``, once per flush); either way
 :meth:`SyncFlushWaiters.on_flushed` sends every reply the flush covers. One timer, set at
 the oldest waiter's deadline, answers FLUSH_DISK_TIMEOUT to waiters whose flush did not
 complete within ``sync_flush_timeout_ms`` (the message is stored; its durability is not
@@ -98,6 +101,8 @@ class SyncFlushWaiters:
         self._timer: asyncio.TimerHandle | None = None
         #: The highest flushed offset heard of.
         self.flushed = 0
+        #: The highest end offset a send asked to be flushed (the server flushes it).
+        self.wanted = 0
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -106,6 +111,11 @@ class SyncFlushWaiters:
     def last_end(self) -> int:
         """The end offset of the newest waiter (0 when none waits)."""
         return self._waiting[-1][0] if self._waiting else 0
+
+    def want(self, end: int) -> None:
+        """Ask for the log to be flushed up to ``end`` once the current burst is handled."""
+        if end > self.wanted:
+            self.wanted = end
 
     def add(self, end: int, identity: bytes, request: Any, body: msgspec.Struct) -> None:
         """Answer ``request`` with SUCCESS and ``body`` once the log is durable up to ``end``."""
@@ -481,9 +491,10 @@ class SendProcessor:
         waiters = self._waiters
         if waiters is None:
             return _SUCCESS, reply, (), ""
-        # SYNC_FLUSH: the flush thread only flushes what it is asked for, so a ONEWAY
-        # send asks too; its reply (none) does not wait.
-        self._store.request_flush(end)
+        # SYNC_FLUSH: only what is asked for is flushed, so a ONEWAY send asks too; its
+        # reply (none) does not wait. The server flushes after the burst (one flush for
+        # every send read in it: BrokerServer._flush_wanted).
+        waiters.want(end)
         if request.flags & _ONEWAY:
             return None
         waiters.add(end, identity, request, reply)

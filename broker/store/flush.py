@@ -7,6 +7,12 @@ every writer the flush covers. Writers that arrive during a flush are served by 
 next one, so one flush serves a whole batch of puts (group commit). Listeners
 (``add_listener``) hear each new flushed offset once per flush, not once per put, which
 lets an event loop resolve its own waiters in bulk.
+
+``flush_inline`` lets the writer's own thread do a small flush when it is about to go
+idle and the flush thread is not busy: a lone SYNC_FLUSH send then costs one msync and
+no thread hand-over in either direction (two wake-ups of ~25-50 us each on this machine
+kind). Only one flush runs at a time (``_flushing``); a large range, or a flush already
+running, stays with the thread so the writer's loop never stalls on a long msync.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ class FlushService:
         self._requested = 0
         self._stopping = False
         self._listeners: list[Callable[[int], None]] = []
+        # Held by whoever flushes: the thread, or a writer in flush_inline.
+        self._flushing = threading.Lock()
         #: Offset known durable; only this service's thread raises it.
         self.flushed = log.flushed
         #: Flushes done and the duration of the last one, for stats.
@@ -100,9 +108,40 @@ class FlushService:
             if stopping:
                 return
 
+    def flush_inline(self, offset: int, max_bytes: int) -> int | None:
+        """Flush on the calling thread when that is quick: return the new flushed offset.
+
+        Returns None, and flushes nothing, when the flush thread is flushing right now or
+        more than ``max_bytes`` wait to be flushed; the caller then asks the thread
+        (``request``). Listeners are not called: the caller has the offset.
+        """
+        if self.flushed >= offset:
+            return self.flushed
+        if self._log.wrote - self.flushed > max_bytes or self._stopping:
+            return None
+        if not self._flushing.acquire(blocking=False):
+            return None
+        try:
+            self._flush_locked()
+        finally:
+            self._flushing.release()
+        return self.flushed
+
     def _flush_once(self) -> None:
+        with self._flushing:
+            flushed = self._flush_locked()
+        if flushed is None:
+            return
+        for listener in self._listeners:
+            try:
+                listener(flushed)
+            except Exception:
+                logger.exception("flush listener failed")
+
+    def _flush_locked(self) -> int | None:
+        """Flush what is written (``_flushing`` held); the new offset, None if nothing new."""
         if self._log.wrote <= self.flushed:
-            return  # nothing new: an idle interval
+            return None  # nothing new: an idle interval, or flushed inline meanwhile
         if self._before_flush is not None:
             self._before_flush()
         began = time.monotonic()
@@ -112,11 +151,7 @@ class FlushService:
         with self._done:
             self.flushed = flushed
             self._done.notify_all()
-        for listener in self._listeners:
-            try:
-                listener(flushed)
-            except Exception:
-                logger.exception("flush listener failed")
+        return flushed
 
     def stop(self) -> None:
         """Flush what is written, stop the thread and release every waiter."""

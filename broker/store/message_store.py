@@ -530,6 +530,14 @@ class MessageStore:
         """Ask the flush thread to make the log durable up to ``offset`` (does not wait)."""
         self._flush.request(offset)
 
+    def flush_inline(self, offset: int, max_bytes: int) -> int | None:
+        """Flush up to ``offset`` on the calling thread if that is quick; the new flushed offset.
+
+        None when the flush thread is busy or more than ``max_bytes`` are unflushed (then
+        nothing was done: ask the thread with ``request_flush``). See broker.store.flush.
+        """
+        return self._flush.flush_inline(offset, max_bytes)
+
     def add_flush_listener(self, listener: Callable[[int], None]) -> None:
         """Call ``listener(flushed_offset)`` from the flush thread after every flush."""
         self._flush.add_listener(listener)

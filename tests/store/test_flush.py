@@ -177,3 +177,54 @@ def test_close_flushes_everything(stores: Stores) -> None:
     assert again.recovery.abnormal is False
     assert again.recovery.end_offset == last.end_offset
     assert again.flushed_offset == last.end_offset
+
+
+def test_flush_inline_flushes_a_small_range_on_the_calling_thread(stores: Stores) -> None:
+    flushers: list[str] = []
+
+    def note_thread() -> None:
+        flushers.append(threading.current_thread().name)
+
+    store = stores.open(SYNC, before_flush=note_thread)
+    result = store.append(PutMessage(topic="i", queue_id=0, body=b"x" * 1000))
+    assert result.status is PutStatus.PUT_OK
+    assert store.flushed_offset < result.end_offset
+    flushed = store.flush_inline(result.end_offset, 64 * 1024)
+    assert flushed is not None and flushed >= result.end_offset
+    assert store.flushed_offset == flushed
+    assert flushers == [threading.current_thread().name]
+    # Nothing new: answered from the flushed offset, no second flush.
+    assert store.flush_inline(result.end_offset, 64 * 1024) == flushed
+    assert len(flushers) == 1
+
+
+def test_flush_inline_leaves_a_large_range_to_the_flush_thread(stores: Stores) -> None:
+    store = stores.open(SYNC)
+    results = store.append_batch(
+        [PutMessage(topic="i", queue_id=0, body=b"y" * 1000) for _ in range(10)]
+    )
+    end = results[-1].end_offset
+    assert store.flush_inline(end, 4096) is None
+    assert store.flushed_offset < end  # nothing flushed on this thread
+    store.request_flush(end)
+    assert store.wait_flushed(end, WAIT_S)
+
+
+def test_flush_inline_gives_way_while_the_flush_thread_flushes(stores: Stores) -> None:
+    disk = threading.Event()
+    entered = threading.Event()
+
+    def held_disk() -> None:
+        if threading.current_thread().name == "store-flush":
+            entered.set()
+            assert disk.wait(WAIT_S)
+
+    store = stores.open(SYNC, before_flush=held_disk)
+    first = store.append(PutMessage(topic="i", queue_id=0, body=b"a"))
+    store.request_flush(first.end_offset)
+    assert entered.wait(WAIT_S)  # the thread is inside its flush
+    second = store.append(PutMessage(topic="i", queue_id=0, body=b"b"))
+    assert store.flush_inline(second.end_offset, 64 * 1024) is None
+    disk.set()
+    store.request_flush(second.end_offset)
+    assert store.wait_flushed(second.end_offset, WAIT_S)
