@@ -62,8 +62,10 @@ __all__ = ["BrokerServer"]
 _ONEWAY: Final = int(Flag.ONEWAY)
 _EVENTS: Final = zmq.EVENTS
 _POLLIN: Final = int(zmq.POLLIN)
-# Messages handled per loop iteration before the reader yields to timers and callbacks.
+# Messages handled per loop iteration before the reader yields to timers and callbacks,
+# and the most time one iteration reads for (big batches: let flushed replies go out).
 _BURST: Final = 256
+_BURST_SECONDS: Final = 0.005
 # SYNC_FLUSH: most unflushed bytes the loop flushes itself once it has read every request
 # (one msync of a few pages, ~0.1-0.2 ms here); more goes to the store's flush thread, so
 # a long msync never stalls the loop.
@@ -212,7 +214,9 @@ class BrokerServer:
             raise
         store = self.store
         if config.flush == "sync":
-            self._waiters = SyncFlushWaiters(loop, self, store.config.sync_flush_timeout_ms / 1000)
+            self._waiters = SyncFlushWaiters(
+                loop, self, store.config.sync_flush_timeout_ms / 1000, _INLINE_FLUSH_BYTES
+            )
             self._waiters.flushed = store.flushed_offset
             store.add_flush_listener(self._flush_listener)
         self.registry = Registry(
@@ -361,6 +365,8 @@ class BrokerServer:
         recv = raw.recv_multipart
         events = cast(Callable[[int], int], raw.get)
         noblock = zmq.NOBLOCK
+        clock = time.monotonic
+        until = clock() + _BURST_SECONDS
         try:
             for _ in range(_BURST):
                 try:
@@ -371,6 +377,8 @@ class BrokerServer:
                 # Cheaper than a receive that fails with EAGAIN; it also re-arms the edge.
                 if not events(_EVENTS) & _POLLIN:
                     return True
+                if clock() > until:
+                    break
         except zmq.ZMQError as exc:
             if self._socket_closed or exc.errno in (zmq.ENOTSOCK, zmq.ETERM):
                 return True
@@ -397,6 +405,7 @@ class BrokerServer:
             except Exception:
                 logger.exception("broker: flush on the loop failed; the flush thread retries")
         if flushed is None:
+            waiters.asked = wanted
             store.request_flush(wanted)
         else:
             self._on_flushed(flushed)

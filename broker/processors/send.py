@@ -11,7 +11,8 @@ The send records its end offset (:meth:`SyncFlushWaiters.want`) and parks its re
 :class:`SyncFlushWaiters`, a deque in CommitLog order (appends happen on this loop, so
 end offsets only grow). When the server has read every waiting request, it flushes what
 was asked: on the loop itself when the range is small and the flush thread is idle (no
-thread hand-over: the lone-send latency), else by the flush thread
+thread hand-over: the lone-send latency), else by the flush thread, which a send also
+asks at once when over ``inline_bytes`` wait unflushed
 (``store.request_flush``), whose listener posts each new flushed offset to the loop
 (``call_soon_threadsafe``, once per flush); either way
 :meth:`SyncFlushWaiters.on_flushed` sends every reply the flush covers. One timer, set at
@@ -93,16 +94,27 @@ class SyncFlushWaiters:
         timeout: seconds a reply waits before FLUSH_DISK_TIMEOUT.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, replier: Replier, timeout: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        replier: Replier,
+        timeout: float,
+        inline_bytes: int = 64 * 1024,
+    ) -> None:
         self._loop = loop
         self._replier = replier
         self.timeout = timeout
+        #: Most unflushed bytes left for the server to flush after the burst; beyond, the
+        #: flush thread is asked at once (so a long burst keeps the disk busy).
+        self.inline_bytes = inline_bytes
         self._waiting: deque[_Waiter] = deque()
         self._timer: asyncio.TimerHandle | None = None
         #: The highest flushed offset heard of.
         self.flushed = 0
         #: The highest end offset a send asked to be flushed (the server flushes it).
         self.wanted = 0
+        #: The highest offset the flush thread has been asked for.
+        self.asked = 0
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -112,10 +124,18 @@ class SyncFlushWaiters:
         """The end offset of the newest waiter (0 when none waits)."""
         return self._waiting[-1][0] if self._waiting else 0
 
-    def want(self, end: int) -> None:
-        """Ask for the log to be flushed up to ``end`` once the current burst is handled."""
+    def want(self, end: int) -> bool:
+        """Ask for the log to be flushed up to ``end``; True: ask the flush thread now.
+
+        Small amounts wait for the end of the burst (the server may flush them itself);
+        once more than ``inline_bytes`` wait, the caller asks the flush thread at once.
+        """
         if end > self.wanted:
             self.wanted = end
+        if end - max(self.asked, self.flushed) > self.inline_bytes:
+            self.asked = end
+            return True
+        return False
 
     def add(self, end: int, identity: bytes, request: Any, body: msgspec.Struct) -> None:
         """Answer ``request`` with SUCCESS and ``body`` once the log is durable up to ``end``."""
@@ -493,8 +513,10 @@ class SendProcessor:
             return _SUCCESS, reply, (), ""
         # SYNC_FLUSH: only what is asked for is flushed, so a ONEWAY send asks too; its
         # reply (none) does not wait. The server flushes after the burst (one flush for
-        # every send read in it: BrokerServer._flush_wanted).
-        waiters.want(end)
+        # every send read in it: BrokerServer._flush_wanted), or asks the flush thread at
+        # once when a lot waits.
+        if waiters.want(end):
+            self._store.request_flush(end)
         if request.flags & _ONEWAY:
             return None
         waiters.add(end, identity, request, reply)

@@ -816,6 +816,27 @@ def test_sync_flush_waiters_answer_in_order_and_time_out() -> None:
     ]
 
 
+def test_sync_flush_waiters_ask_the_flush_thread_only_past_the_inline_limit() -> None:
+    from broker.processors.send import SyncFlushWaiters
+
+    async def scenario() -> list[bool]:
+        loop = asyncio.get_running_loop()
+
+        class Replier:
+            def reply(self, *args: Any, **kwargs: Any) -> None:
+                raise AssertionError("nothing waits for a reply here")
+
+        waiters = SyncFlushWaiters(loop, Replier(), timeout=1.0, inline_bytes=1000)
+        asks = [waiters.want(end) for end in (400, 900, 1500, 2000, 2600)]
+        assert waiters.wanted == 2600
+        waiters.on_flushed(2600)
+        asks.append(waiters.want(3000))  # 400 past the flushed offset: left to the server
+        return asks
+
+    # 1500 is 1500 past nothing asked: ask; 2000 is 500 past 1500: wait; 2600 is 1100 past.
+    assert asyncio.run(scenario()) == [False, False, True, False, True, False]
+
+
 # -- bad input (X3) ----------------------------------------------------------------------
 
 
