@@ -41,7 +41,7 @@ from fabric.protocol.messages import (
     SearchOffsetBody,
 )
 from fabric.protocol.names import check_group
-from fabric.protocol.records import RecordError, decode_record
+from fabric.protocol.records import RecordError
 from fabric.routing import DEFAULT_ROUTE_REFRESH, parse_nameservers
 from fabric.transport import DEFAULT_TIMEOUT
 
@@ -151,10 +151,7 @@ class PullConsumerCore:
             broker = mq.broker_name
             verify = self.verify_crc
             try:
-                messages = [
-                    MessageExt.from_record(decode_record(frame, verify_crc=verify), broker)
-                    for frame in reply.frames
-                ]
+                messages = [MessageExt.decode(frame, broker, verify) for frame in reply.frames]
             except RecordError as exc:
                 raise ProtocolError(f"bad record in a pull reply: {exc}", address=address) from None
             except MessageIllegalError as exc:

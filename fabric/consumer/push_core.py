@@ -89,7 +89,7 @@ from fabric.protocol.messages import (
     SubscriptionData,
 )
 from fabric.protocol.names import retry_topic
-from fabric.protocol.records import RecordError, decode_record
+from fabric.protocol.records import RecordError
 
 if TYPE_CHECKING:  # only the type: the front gives the core its tracer
     from fabric.trace import TraceDispatcher
@@ -600,7 +600,7 @@ class PushConsumerCore:
         msgs: list[MessageExt] = []
         for frame in frames:
             try:
-                msgs.append(MessageExt.from_record(decode_record(frame, verify_crc=verify), broker))
+                msgs.append(MessageExt.decode(frame, broker, verify))
             except (RecordError, MessageIllegalError) as exc:
                 self._throttle.warn(
                     ("record", pq.mq),

@@ -48,13 +48,16 @@ __all__ = [
     "MESSAGE_MAGIC",
     "Record",
     "RecordError",
+    "RecordFields",
     "decode_record",
+    "unpack_record",
 ]
 
 MESSAGE_MAGIC: Final = 0xFAB1C0DE
 HEADER_LEN: Final = 114
 _HEADER: Final = struct.Struct(">IIIiiqqiqq16sH16sHiqHII")
 assert _HEADER.size == HEADER_LEN
+_unpack_header: Final = _HEADER.unpack_from
 _CRC_START: Final = 12
 
 
@@ -73,7 +76,7 @@ class _Properties(msgspec.Struct):
 
 
 _EMPTY_PROPERTIES: Final = _Properties()
-_properties_decoder: Final = msgspec.msgpack.Decoder(_Properties)
+_decode_properties: Final = msgspec.msgpack.Decoder(_Properties).decode
 
 
 class Record(msgspec.Struct, frozen=True):
@@ -123,13 +126,19 @@ def _host(addr: bytes, port: int) -> str:
     return text
 
 
-def decode_record(data: bytes | bytearray | memoryview, *, verify_crc: bool = False) -> Record:
-    """Decode one whole record.
+#: The fields of a record, as :func:`unpack_record` returns them.
+RecordFields = tuple[
+    str, int, int, int, int, bytes, "_Properties", int, int, int, int, str, str, int, int
+]
 
-    Args:
-        data: exactly one record (a PULL_MESSAGE reply frame).
-        verify_crc: also check the CRC32 (the broker checked it when it stored the record;
-            ZeroMQ over TCP does not corrupt frames, so it is off by default).
+
+def unpack_record(data: bytes | bytearray | memoryview, verify_crc: bool = False) -> RecordFields:
+    """Decode one whole record into a flat tuple (the fast path of consumers).
+
+    Returns ``(topic, queue_id, queue_offset, physical_offset, size, body, properties,
+    flag, sysflag, born_timestamp, store_timestamp, born_host, store_host,
+    reconsume_times, prepared_tx_offset)``; ``properties`` has ``tags``, ``keys``,
+    ``uniq_id``, ``props`` and ``sys``. :func:`decode_record` wraps it in a Record.
 
     Raises:
         RecordError: the bytes are not a sound record.
@@ -156,28 +165,76 @@ def decode_record(data: bytes | bytearray | memoryview, *, verify_crc: bool = Fa
         t_len,
         p_len,
         b_len,
-    ) = _HEADER.unpack_from(data, 0)
+    ) = _unpack_header(data, 0)
     if magic != MESSAGE_MAGIC:
         raise RecordError(f"bad magic {magic:#010x}")
     if total != len(data) or HEADER_LEN + t_len + p_len + b_len != total:
         raise RecordError(f"lengths do not add up: total_size {total}, frame {len(data)}")
-    view = memoryview(data)
-    if verify_crc and zlib.crc32(view[_CRC_START:]) != crc:
+    view = data if type(data) is bytes else memoryview(data)
+    if verify_crc and zlib.crc32(memoryview(data)[_CRC_START:]) != crc:
         raise RecordError(f"CRC mismatch in the record at physical offset {physical_offset}")
     pos = HEADER_LEN + t_len
     try:
         topic = str(view[HEADER_LEN:pos], "utf-8")
-        props = _properties_decoder.decode(view[pos : pos + p_len]) if p_len else _EMPTY_PROPERTIES
+        props = _decode_properties(view[pos : pos + p_len]) if p_len else _EMPTY_PROPERTIES
     except (UnicodeDecodeError, msgspec.DecodeError) as exc:
         raise RecordError(f"bad topic or properties: {exc}") from None
     pos += p_len
+    body = view[pos:total]
+    return (
+        topic,
+        queue_id,
+        queue_offset,
+        physical_offset,
+        total,
+        body if type(body) is bytes else bytes(body),
+        props,
+        flag,
+        sysflag,
+        born_ts,
+        store_ts,
+        _host(born_addr, born_port),
+        _host(store_addr, store_port),
+        reconsume,
+        prepared,
+    )
+
+
+def decode_record(data: bytes | bytearray | memoryview, *, verify_crc: bool = False) -> Record:
+    """Decode one whole record.
+
+    Args:
+        data: exactly one record (a PULL_MESSAGE reply frame).
+        verify_crc: also check the CRC32 (the broker checked it when it stored the record;
+            ZeroMQ over TCP does not corrupt frames, so it is off by default).
+
+    Raises:
+        RecordError: the bytes are not a sound record.
+    """
+    (
+        topic,
+        queue_id,
+        queue_offset,
+        physical_offset,
+        size,
+        body,
+        props,
+        flag,
+        sysflag,
+        born_ts,
+        store_ts,
+        born_host,
+        store_host,
+        reconsume,
+        prepared,
+    ) = unpack_record(data, verify_crc)
     return Record(
         topic=topic,
         queue_id=queue_id,
         queue_offset=queue_offset,
         physical_offset=physical_offset,
-        size=total,
-        body=bytes(view[pos : pos + b_len]),
+        size=size,
+        body=body,
         tags=props.tags,
         keys=props.keys,
         uniq_id=props.uniq_id,
@@ -186,8 +243,8 @@ def decode_record(data: bytes | bytearray | memoryview, *, verify_crc: bool = Fa
         sysflag=sysflag,
         born_timestamp=born_ts,
         store_timestamp=store_ts,
-        born_host=_host(born_addr, born_port),
-        store_host=_host(store_addr, store_port),
+        born_host=born_host,
+        store_host=store_host,
         reconsume_times=reconsume,
         prepared_tx_offset=prepared,
         sys=props.sys,

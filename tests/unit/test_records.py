@@ -166,3 +166,30 @@ def test_a_flagged_body_that_is_not_zlib_is_an_error(store: MessageStore) -> Non
     (raw,) = store.get_messages("T", 1, 0).records
     with pytest.raises(MessageIllegalError, match="decompress"):
         MessageExt.from_record(decode_record(raw))
+
+
+def test_the_one_step_decode_makes_the_same_message(store: MessageStore) -> None:
+    # MessageExt.decode (the consumers' path) against from_record(decode_record(...)), on
+    # plain, compressed, retried and dead-lettered records, as bytes and as memoryview.
+    records = _records(store)
+    for raw in records:
+        expected = MessageExt.from_record(decode_record(raw), "broker-a")
+        assert MessageExt.decode(raw, "broker-a") == expected
+        assert MessageExt.decode(memoryview(raw), "broker-a", verify_crc=True) == expected
+    retried = MessageExt.decode(records[-1], "b")
+    assert (retried.topic, retried.store_topic) == ("T", "%RETRY%group-1")
+    assert retried.dlq_reason.startswith("max reconsume times")
+
+
+def test_the_one_step_decode_refuses_damage(store: MessageStore) -> None:
+    raw = _records(store)[1]
+    with pytest.raises(RecordError, match="lengths"):
+        MessageExt.decode(raw[:-1])
+    flipped = bytearray(raw)
+    flipped[-1] ^= 0xFF
+    with pytest.raises(RecordError, match="CRC"):
+        MessageExt.decode(bytes(flipped), verify_crc=True)
+    store.put(PutMessage(topic="T", queue_id=1, body=b"not zlib", sysflag=int(SysFlag.COMPRESSED)))
+    (bad,) = store.get_messages("T", 1, 0).records
+    with pytest.raises(MessageIllegalError, match="decompress"):
+        MessageExt.decode(bad)
