@@ -15,6 +15,12 @@ the windows of the queues a consumer owns.
 
 A job whose queue stopped accepting (the queue was handed over, or the consumer shuts
 down) before a worker took it is not run: it comes back with ``status`` None.
+
+The messages of one push go to the worker threads in chunks (:meth:`ThreadDispatcher.
+submit_all`): about one chunk per thread, at most ``MAX_CHUNK`` jobs each. A worker
+runs its chunk's jobs one after the other. Handing each message to a thread on its own
+cost a queue put, a thread wake-up and a GIL hand-over per message, which made the
+hand-over, not the listener, the consumer's limit (end-to-end runs, issue 7).
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ class ConsumeStatus(enum.IntEnum):
 
 _SUCCESS: Final = ConsumeStatus.CONSUME_SUCCESS
 _LATER: Final = ConsumeStatus.RECONSUME_LATER
+
+#: Most jobs one worker thread takes at once (ThreadDispatcher.submit_all).
+MAX_CHUNK: Final = 16
 
 #: A listener for the blocking API: ``listener(msg) -> ConsumeStatus``.
 Listener = Callable[[MessageExt], ConsumeStatus]
@@ -104,6 +113,9 @@ class Dispatcher(Protocol):
     def submit(self, job: Job) -> None:
         """Run ``job`` soon; its outcome comes back through ``on_done``."""
 
+    def submit_all(self, jobs: list[Job]) -> None:
+        """Run every job of ``jobs`` soon (in any order); outcomes through ``on_done``."""
+
     def stop(self) -> None:
         """Stop taking jobs; workers end once idle."""
 
@@ -139,7 +151,7 @@ class ThreadDispatcher:
     ) -> None:
         self._loop = loop
         self._on_done = on_done
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job | list[Job] | None] = queue.SimpleQueue()
         self._done: list[Job] = []
         self._lock = threading.Lock()
         self._scheduled = False
@@ -155,21 +167,37 @@ class ThreadDispatcher:
         """Queue ``job`` for a worker thread."""
         self._jobs.put(job)
 
+    def submit_all(self, jobs: list[Job]) -> None:
+        """Queue ``jobs`` in chunks: about one per thread, at most MAX_CHUNK jobs each."""
+        n = len(jobs)
+        if n <= 1:
+            if n:
+                self._jobs.put(jobs[0])
+            return
+        size = min(MAX_CHUNK, -(-n // len(self._threads)))
+        put = self._jobs.put
+        for i in range(0, n, size):
+            put(jobs[i : i + size])
+
     def _work(self) -> None:
         jobs = self._jobs
         while True:
-            job = jobs.get()
-            if job is None:
+            item = jobs.get()
+            if item is None:
                 return
+            chunk: list[Job] = item if isinstance(item, list) else [item]
             try:
-                if job.source.accepting:
-                    _run(job)
+                for job in chunk:
+                    if job.source.accepting:
+                        _run(job)
             finally:
-                self._finish(job)
+                # A BaseException in a listener ends this thread: every job of the chunk
+                # still goes back (those not run with status None).
+                self._finish(chunk)
 
-    def _finish(self, job: Job) -> None:
+    def _finish(self, chunk: list[Job]) -> None:
         with self._lock:
-            self._done.append(job)
+            self._done.extend(chunk)
             if self._scheduled:
                 return
             self._scheduled = True
@@ -231,6 +259,11 @@ class TaskDispatcher:
             task = self._loop.create_task(self._work())
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
+
+    def submit_all(self, jobs: list[Job]) -> None:
+        """Run every job of ``jobs`` (see :meth:`submit`)."""
+        for job in jobs:
+            self.submit(job)
 
     async def _work(self) -> None:
         waiting = self._waiting

@@ -610,8 +610,14 @@ class PushConsumerCore:
                     exc,
                 )
         ready, due = pq.receive(msgs, push.next_offset)
-        for msg in ready:
-            self._submit(pq, msg)
+        if len(ready) > 1 and pq.mq.topic != self._retry_topic:
+            # The common case: one listener and one pool for the whole push.
+            pq.inflight += len(ready)
+            listener = pq.listener
+            pq.dispatcher.submit_all([Job(pq, msg, listener) for msg in ready])
+        else:
+            for msg in ready:
+                self._submit(pq, msg)
         if due:
             self._mark_dirty(pq)
 

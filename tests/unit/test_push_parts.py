@@ -45,6 +45,9 @@ class _NoDispatch:
     def submit(self, job: Job) -> None:
         raise AssertionError("not used")
 
+    def submit_all(self, jobs: list[Job]) -> None:
+        raise AssertionError("not used")
+
     def stop(self) -> None:
         pass
 
@@ -239,3 +242,60 @@ def test_a_corrupt_offset_file_is_moved_aside(tmp_path: Path) -> None:
     store = LocalOffsetStore(str(tmp_path), "g", "i")
     assert store.load() == {}
     assert (tmp_path / (path.name + ".corrupt")).exists()
+
+
+# -- ThreadDispatcher -----------------------------------------------------------------------
+
+
+def test_thread_dispatcher_runs_every_job_of_a_push_in_chunks() -> None:
+    import asyncio
+    import threading
+
+    from fabric.consumer.listener import MAX_CHUNK, ThreadDispatcher
+
+    class Source:
+        accepting = True
+
+    class Closed:
+        accepting = False
+
+    seen: dict[int, str] = {}
+    lock = threading.Lock()
+
+    def listener(m: MessageExt) -> ConsumeStatus:
+        with lock:
+            seen[m.queue_offset] = threading.current_thread().name
+        if m.queue_offset == 5:
+            raise RuntimeError("listener failure")  # the rest of its chunk still runs
+        return ConsumeStatus.CONSUME_SUCCESS
+
+    async def scenario() -> list[Job]:
+        loop = asyncio.get_running_loop()
+        finished: list[Job] = []
+        all_back = asyncio.Event()
+        total = 3 * MAX_CHUNK * 4 + 2
+
+        def on_done(jobs: list[Job]) -> None:
+            finished.extend(jobs)
+            if len(finished) >= total:
+                all_back.set()
+
+        pool = ThreadDispatcher(loop, 4, on_done, "test-consume")
+        try:
+            jobs = [Job(Source(), msg(i), listener) for i in range(total - 2)]
+            jobs += [Job(Closed(), msg(total - 2 + i), listener) for i in range(2)]
+            pool.submit_all(jobs)
+            await asyncio.wait_for(all_back.wait(), 10)
+        finally:
+            assert await loop.run_in_executor(None, pool.join, 5.0)
+        return finished
+
+    finished = asyncio.run(scenario())
+    total = len(finished)
+    assert sorted(j.msg.queue_offset for j in finished) == list(range(total))
+    by_offset = {j.msg.queue_offset: j for j in finished}
+    assert by_offset[5].status is ConsumeStatus.RECONSUME_LATER
+    assert isinstance(by_offset[5].error, RuntimeError)
+    assert by_offset[6].status is ConsumeStatus.CONSUME_SUCCESS
+    assert [by_offset[total - 1].status, by_offset[total - 2].status] == [None, None]
+    assert sorted(seen) == list(range(total - 2))  # the closed source's jobs never ran
