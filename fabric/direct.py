@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, cast
 
 import msgspec
@@ -67,6 +67,19 @@ _POLLIN: Final = int(zmq.POLLIN)
 _SLICE: Final = 0.05
 # Seconds close() waits for one thread's request to finish before giving up on it.
 _CLOSE_WAIT: Final = 5.0
+_MORE: Final = int(zmq.SNDMORE) | _NOBLOCK
+_RCVMORE: Final = int(zmq.RCVMORE)
+_EVENTS_OPT: Final = int(zmq.EVENTS)
+_COPY_THRESHOLD: Final = zmq.COPY_THRESHOLD
+# The Cython-level calls (see fabric.transport): Socket.poll builds a Poller per call,
+# and send_multipart/recv_multipart/getsockopt add checks and flag arithmetic; on the
+# path of a blocking send these were ~15 us of the client's CPU per round trip.
+_raw_send: Final = cast("Callable[..., object]", zmq.backend.Socket.send)
+_raw_recv: Final = cast("Callable[[zmq.Socket[Any], int], bytes]", zmq.backend.Socket.recv)
+_raw_get: Final = cast("Callable[[zmq.Socket[Any], int], int]", zmq.backend.Socket.get)
+_zmq_poll: Final = cast(
+    "Callable[[list[tuple[zmq.Socket[Any], int]], int], list[Any]]", zmq.zmq_poll
+)
 
 
 class NotConnectedError(ConnectionClosedError):
@@ -110,7 +123,7 @@ class _Link:
 
     def has_events(self) -> bool:
         """True when monitor events are waiting (an option read, cheaper than a poll)."""
-        return bool(cast(int, self.monitor.getsockopt(zmq.EVENTS)) & _POLLIN)
+        return bool(_raw_get(self.monitor, _EVENTS_OPT) & _POLLIN)
 
     def went_down(self) -> bool:
         """Read the monitor events waiting; True if one says the server went away."""
@@ -217,14 +230,20 @@ class DirectRequester:
         if link.has_events():
             link.went_down()  # events from before this request say nothing about it
         socket = link.socket
+        last = len(frames) - 1
         try:
-            socket.send_multipart(frames, _NOBLOCK, copy=False)
+            # Only the first frame can meet EAGAIN (IMMEDIATE: no connection); once it
+            # is taken, ZeroMQ takes the whole message.
+            _raw_send(socket, frames[0], _MORE if last else _NOBLOCK)
         except zmq.Again:
             raise NotConnectedError("no connection to the server yet", address=address) from None
         except zmq.ZMQError as exc:
             raise ConnectionClosedError(f"cannot write: {exc.strerror}", address=address) from exc
+        for i in range(1, last + 1):
+            frame = frames[i]
+            _raw_send(socket, frame, _MORE if i < last else _NOBLOCK, len(frame) < _COPY_THRESHOLD)
         deadline = time.monotonic() + timeout
-        poll = socket.poll
+        polled = [(socket, _POLLIN)]
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -233,7 +252,7 @@ class DirectRequester:
                 )
             # Only the DEALER is polled (one socket polls faster than two); the monitor
             # is read between slices, so a vanished server is noticed within a slice.
-            if poll(int(min(remaining, _SLICE) * 1000) + 1, _POLLIN):
+            if _zmq_poll(polled, int(min(remaining, _SLICE) * 1000) + 1):
                 reply = self._read(socket, request_id, address)
                 if reply is not None:
                     return reply
@@ -245,7 +264,9 @@ class DirectRequester:
     @staticmethod
     def _read(socket: zmq.Socket[Any], request_id: int, address: str) -> Reply | None:
         """The reply to ``request_id``, or None for a late reply to an earlier request."""
-        frames = socket.recv_multipart(_NOBLOCK, copy=True)
+        frames = [_raw_recv(socket, _NOBLOCK)]
+        while _raw_get(socket, _RCVMORE):
+            frames.append(_raw_recv(socket, _NOBLOCK))
         try:
             reply = parse_reply(frames)
         except FrameError as exc:
