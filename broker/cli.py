@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 
 from loguru import logger
 
@@ -97,7 +98,28 @@ def run(args: argparse.Namespace) -> int:
     except BrokerConfigError as exc:
         logger.error("broker: bad configuration: {}", exc)
         return 2
+    _tune_gc()
     return asyncio.run(_serve(config))
+
+
+#: Allocations between two young-generation collections in the broker (CPython's default
+#: is 700). See _tune_gc.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _tune_gc() -> None:
+    """Make the cyclic GC cheaper for a long-running server process (entry point only).
+
+    Every request allocates a few container objects; with the default threshold the
+    collector ran every few hundred messages and its older generations rescanned the
+    whole heap (modules, tables). ``gc.freeze`` moves what exists at start-up out of the
+    collector's reach, and a larger young threshold collects in bigger, rarer steps.
+    Measured on this machine kind: broker main-thread CPU 7.0 -> 6.5 us a message during
+    async sends, +5% throughput. Cycles are still collected.
+    """
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 async def _serve(config: BrokerConfig) -> int:
