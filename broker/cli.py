@@ -14,11 +14,11 @@ Flags override the config file (broker.config), which overrides the defaults.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 
 from loguru import logger
 
+from fabric import loops
 from fabric.serving import add_log_level, positive_float, serve_until_signal, setup_logging
 
 from .config import DEFAULT_BIND, BrokerConfig, BrokerConfigError, load_config
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         logger.error("broker: bad configuration: {}", exc)
         return 2
     _tune_gc()
-    return asyncio.run(_serve(config))
+    return loops.run(_serve(config))
 
 
 #: Allocations between two young-generation collections in the broker (CPython's default

@@ -40,6 +40,8 @@ import zmq
 import zmq.asyncio
 from loguru import logger
 
+from fabric.loops import new_event_loop
+
 __all__ = ["IOThread"]
 
 T = TypeVar("T")
@@ -77,7 +79,7 @@ class IOThread:
         return self
 
     def _main(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
         loop.call_soon(self._ready.set)

@@ -83,6 +83,7 @@ async def serve_until_signal(
             logger.error("{} cannot start: {}", role, exc)
             await server.close()
             return 1
+        logger.info("{}: event loop {}", role, type(loop).__module__.split(".")[0])
         print(f"READY {role} {endpoint}", flush=True)
         await stop.wait()
         logger.info("{}: signal received, shutting down", role)

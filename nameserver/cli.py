@@ -9,8 +9,8 @@ port when ``--bind`` says 0), then serves until SIGINT or SIGTERM and exits 0. I
 from __future__ import annotations
 
 import argparse
-import asyncio
 
+from fabric import loops
 from fabric.errors import TransportError
 from fabric.protocol.codes import DEFAULT_BROKER_EXPIRY
 from fabric.serving import add_log_level, positive_float, serve_until_signal, setup_logging
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the NameServer until SIGINT or SIGTERM; the exit status."""
     setup_logging(args.log_level, "fabric", "nameserver")
-    return asyncio.run(_serve(args))
+    return loops.run(_serve(args))
 
 
 async def _serve(args: argparse.Namespace) -> int:

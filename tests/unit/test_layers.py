@@ -52,11 +52,21 @@ def test_base_layer_imports_only_stdlib_and_msgspec(path: Path) -> None:
         ROOT / "fabric" / "transport.py",
         ROOT / "fabric" / "iothread.py",
         ROOT / "fabric" / "direct.py",
+        ROOT / "fabric" / "loops.py",
     ],
     ids=lambda p: p.name,
 )
 def test_transport_layer_adds_only_zmq_and_loguru(path: Path) -> None:
-    prefixes = ("msgspec", "zmq", "loguru", "fabric.protocol", "fabric.errors", "fabric.iothread")
+    prefixes = (
+        "msgspec",
+        "zmq",
+        "loguru",
+        "uvloop",
+        "fabric.protocol",
+        "fabric.errors",
+        "fabric.iothread",
+        "fabric.loops",
+    )
     bad = {n for n in imports(path) if not allowed(n, prefixes)}
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
