@@ -66,8 +66,6 @@ class CommitLog:
         self.segments.load()
         last = self.segments.last
         self.wrote = self.flushed = last.end if last is not None else 0
-        if last is not None:
-            last.advise(MADV_RANDOM)  # the segment appends go to (see MappedFile.advise)
 
     @property
     def min_offset(self) -> int:
@@ -100,7 +98,11 @@ class CommitLog:
             logger.info("commitlog rolled to {} ({} bytes left blank)", nxt.path, remaining)
             self.current = nxt
             return nxt, 0
-        self.current = mf
+        if mf is not self.current:
+            # The first append to this segment in this process (after a restart): advised
+            # only now, so that recovery's scan of it still had read-ahead.
+            mf.advise(MADV_RANDOM)
+            self.current = mf
         return mf, pos
 
     def _new_segment(self, start: int) -> MappedFile:
