@@ -688,6 +688,8 @@ class ProducerCore:
             code = RequestCode.SEND_MESSAGE
             body = _single_body(self.group, topic, mq.queue_id, items[0].entry, chunk.resend)
         else:
+            # Packed (docs/PROTOCOL.md 7.3): one body frame for the whole batch. A frame
+            # costs each side a socket call, and a batch carries up to 1024 messages.
             code = RequestCode.SEND_BATCH_MESSAGE
             body = SendBatchBody(
                 producer_group=self.group,
@@ -695,7 +697,9 @@ class ProducerCore:
                 queue_id=mq.queue_id,
                 messages=[item.entry for item in items],
                 resend=chunk.resend,
+                body_sizes=[len(p) for p in payloads],
             )
+            payloads = [b"".join(payloads)]
         try:
             conn = self.client.connection(address)
             if chunk.oneway:

@@ -4,8 +4,8 @@ A request is a ZeroMQ multipart message (the ROUTER side sees the peer's identit
 in front of it, and puts it back in front of the reply)::
 
     frame 0      MessagePack array [code, version, request_id, flags, body]
-    frame 1..n   raw message bodies (SEND_MESSAGE: 1; SEND_BATCH_MESSAGE: one per entry;
-                 every other code: none)
+    frame 1..n   raw message bodies (SEND_MESSAGE: 1; SEND_BATCH_MESSAGE: one per entry,
+                 or one holding them all when ``body_sizes`` is set; every other code: none)
 
 A reply::
 
@@ -30,7 +30,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 
 from .codes import PROTOCOL_VERSION, Flag, RequestCode, ResponseCode
-from .messages import Empty, Request, SendBatchRequest, SendMessageRequest
+from .messages import Empty, Request, SendBatchBody, SendBatchRequest, SendMessageRequest
 
 __all__ = [
     "MAX_BATCH_MESSAGES",
@@ -202,35 +202,92 @@ def encode_request(
         FrameTooLargeError: a frame or the whole request is over its limit; nothing to send.
     """
     header = _encoder.encode((int(code), PROTOCOL_VERSION, request_id, int(flags), body))
-    _check_sizes(len(header), bodies, request_id, flags)
+    sizes = body.body_sizes if isinstance(body, SendBatchBody) and body.body_sizes else None
+    _check_sizes(len(header), bodies, request_id, flags, sizes)
     return [header, *bodies]
 
 
-def _check_sizes(header_len: int, bodies: Sequence[Buffer], request_id: int, flags: int) -> None:
+def _check_sizes(
+    header_len: int,
+    bodies: Sequence[Buffer],
+    request_id: int,
+    flags: int,
+    packed: Sequence[int] | None = None,
+) -> None:
+    """The limits of 2.x: header, message count, each body, the whole request.
+
+    ``packed``: the sizes of the bodies packed in the one body frame (SendBatchBody
+    body_sizes); each is checked as a body frame would be.
+    """
     total = header_len
     if total > MAX_HEADER_BYTES:
         raise FrameTooLargeError("frame 0", total, MAX_HEADER_BYTES, request_id, flags)
-    if len(bodies) > MAX_BATCH_MESSAGES:
+    count = len(bodies) if packed is None else len(packed)
+    if count > MAX_BATCH_MESSAGES:
         raise FrameError(
             ResponseCode.MESSAGE_ILLEGAL,
-            f"{len(bodies)} messages in one request, the limit is {MAX_BATCH_MESSAGES}",
+            f"{count} messages in one request, the limit is {MAX_BATCH_MESSAGES}",
             request_id,
             flags,
         )
-    for i, frame in enumerate(bodies, 1):
-        size = len(frame)
+    what = "frame" if packed is None else "packed body"
+    sizes = (len(frame) for frame in bodies) if packed is None else packed
+    for i, size in enumerate(sizes, 1):
         if size > MAX_MESSAGE_BYTES:
-            raise FrameTooLargeError(f"frame {i}", size, MAX_MESSAGE_BYTES, request_id, flags)
+            raise FrameTooLargeError(f"{what} {i}", size, MAX_MESSAGE_BYTES, request_id, flags)
         total += size
     if total > MAX_REQUEST_BYTES:
         raise FrameTooLargeError("the request", total, MAX_REQUEST_BYTES, request_id, flags)
+
+
+def _unpack_bodies(
+    request: SendBatchRequest, bodies: Sequence[Buffer], header_len: int
+) -> list[bytes]:
+    """Split the one body frame of a packed SEND_BATCH_MESSAGE into the bodies (7.3)."""
+    rid, flags = request.request_id, request.flags
+    sizes = request.body.body_sizes
+    if len(bodies) != 1:
+        raise FrameError(
+            ResponseCode.MALFORMED_REQUEST,
+            f"a batch with body_sizes takes 1 body frame, got {len(bodies)}",
+            rid,
+            flags,
+        )
+    if len(sizes) != len(request.body.messages):
+        raise FrameError(
+            ResponseCode.MALFORMED_REQUEST,
+            f"{len(sizes)} body_sizes for {len(request.body.messages)} messages",
+            rid,
+            flags,
+        )
+    if min(sizes) < 0:
+        raise FrameError(ResponseCode.MALFORMED_REQUEST, "a negative body size", rid, flags)
+    _check_sizes(header_len, bodies, rid, flags, sizes)
+    frame = bodies[0]
+    if sum(sizes) != len(frame):
+        raise FrameError(
+            ResponseCode.MALFORMED_REQUEST,
+            f"body_sizes add up to {sum(sizes)} bytes, the body frame has {len(frame)}",
+            rid,
+            flags,
+        )
+    data = frame if type(frame) is bytes else bytes(frame)
+    out: list[bytes] = []
+    pos = 0
+    for size in sizes:
+        end = pos + size
+        out.append(data[pos:end])
+        pos = end
+    return out
 
 
 def parse_request(frames: Sequence[Buffer]) -> tuple[Request, Sequence[Buffer]]:
     """Parse the frames of one request (identity frame already removed).
 
     Returns:
-        The envelope (one of the ``*Request`` types; match on it) and the body frames.
+        The envelope (one of the ``*Request`` types; match on it) and the bodies: the
+        body frames, or for a packed SEND_BATCH_MESSAGE (``body_sizes``) the bodies cut
+        out of its one body frame, one per entry either way.
 
     Raises:
         FrameError: the message is malformed, of another version, of an unknown code, has
@@ -255,8 +312,11 @@ def parse_request(frames: Sequence[Buffer]) -> tuple[Request, Sequence[Buffer]]:
             flags,
         )
     bodies = frames[1:]
-    if isinstance(request, SendBatchRequest) and not request.body.messages:
-        raise FrameError(ResponseCode.MALFORMED_REQUEST, "a batch with no messages", rid, flags)
+    if isinstance(request, SendBatchRequest):
+        if not request.body.messages:
+            raise FrameError(ResponseCode.MALFORMED_REQUEST, "a batch with no messages", rid, flags)
+        if request.body.body_sizes:
+            return request, _unpack_bodies(request, bodies, len(header))
     expected = _expected_bodies(request)
     if len(bodies) != expected:
         raise FrameError(

@@ -205,7 +205,11 @@ class BatchEntry(msgspec.Struct, kw_only=True):
 
 
 class SendBatchBody(msgspec.Struct, kw_only=True):
-    """SEND_BATCH_MESSAGE: messages of one topic and queue; frame i+1 is the body of entry i."""
+    """SEND_BATCH_MESSAGE: messages of one topic and queue; frame i+1 is the body of entry i.
+
+    With ``body_sizes`` the bodies travel packed instead: one body frame, the bodies one
+    after the other, ``body_sizes[i]`` bytes for entry i (docs/PROTOCOL.md 7.3).
+    """
 
     producer_group: str
     topic: str
@@ -213,6 +217,8 @@ class SendBatchBody(msgspec.Struct, kw_only=True):
     messages: list[BatchEntry]
     #: As SendMessageBody.resend, for every message of the batch.
     resend: bool = False
+    #: Packed bodies: the size of each body in the single body frame; [] = a frame each.
+    body_sizes: list[int] = []
 
 
 class SendReply(msgspec.Struct, kw_only=True):

@@ -374,6 +374,35 @@ def test_batch_is_stored_as_separate_messages(client: BlockingConnection) -> Non
     assert len(both) == 10
 
 
+def test_a_packed_batch_is_stored_as_the_same_messages(client: BlockingConnection) -> None:
+    # PROTOCOL.md 7.3: body_sizes and one body frame, against a frame per body.
+    topic = "BatchPacked"
+    bodies = [f"packed {i}".encode() * (i + 1) for i in range(6)] + [b""]
+    for queue_id, packed in ((0, False), (1, True)):
+        entries = [m.BatchEntry(uniq_id=f"q{queue_id}-{i}") for i in range(len(bodies))]
+        body = m.SendBatchBody(
+            producer_group="pg",
+            topic=topic,
+            queue_id=queue_id,
+            messages=entries,
+            body_sizes=[len(b) for b in bodies] if packed else [],
+        )
+        frames = [b"".join(bodies)] if packed else bodies
+        reply = client.call(RequestCode.SEND_BATCH_MESSAGE, body, m.SendBatchReply, frames)
+        assert reply.queue_offsets == list(range(len(bodies)))
+        got = records(pull(client, topic, 0, queue_id=queue_id))
+        assert [msg.body for msg in got] == bodies
+        assert [msg.uniq_id for msg in got] == [e.uniq_id for e in entries]
+    # Sizes that do not add up: refused, nothing stored.
+    body = m.SendBatchBody(
+        producer_group="pg", topic=topic, queue_id=2, messages=[m.BatchEntry()] * 2,
+        body_sizes=[2, 2],
+    )  # fmt: skip
+    reply = client.request(RequestCode.SEND_BATCH_MESSAGE, body, [b"abc"])
+    assert reply.code == ResponseCode.MALFORMED_REQUEST, reply
+    assert offset_of(client, RequestCode.GET_MAX_OFFSET, topic, 2) == 0
+
+
 def test_bad_message_refuses_the_whole_batch(client: BlockingConnection) -> None:
     topic = "BatchRefused"
     create_topic(client, topic)

@@ -467,3 +467,76 @@ def test_to_response() -> None:
     too_large = errors.MessageTooLargeError("big", size=5, limit=4)
     assert errors.to_response(too_large) == (ResponseCode.MESSAGE_ILLEGAL, "big")
     assert isinstance(too_large, errors.MessageIllegalError)
+
+
+# -- packed batch bodies (PROTOCOL.md 7.3) ----------------------------------------------------
+
+
+def _packed(sizes: list[int], entries: int | None = None) -> m.SendBatchBody:
+    n = len(sizes) if entries is None else entries
+    return m.SendBatchBody(
+        producer_group="p",
+        topic="T",
+        queue_id=0,
+        messages=[m.BatchEntry(uniq_id=f"u{i}") for i in range(n)],
+        body_sizes=sizes,
+    )
+
+
+def test_a_packed_batch_arrives_as_one_body_per_entry() -> None:
+    bodies = [b"first", b"", b"\x00third\xff" * 100, b"x"]
+    frames = encode_request(
+        RequestCode.SEND_BATCH_MESSAGE, 5, _packed([len(b) for b in bodies]), [b"".join(bodies)]
+    )
+    assert len(frames) == 2
+    request, parsed = parse_request(frames)
+    assert request.request_id == 5
+    assert list(parsed) == bodies
+    assert all(type(b) is bytes for b in parsed)
+    # A memoryview frame (zero-copy receive) gives the same bodies.
+    _, again = parse_request([frames[0], memoryview(frames[1])])
+    assert list(again) == bodies
+
+
+@pytest.mark.parametrize(
+    ("sizes", "entries", "frames", "remark"),
+    [
+        ([3, 3], None, [b"abc", b"def"], "takes 1 body frame"),
+        ([3, 3], None, [], "takes 1 body frame"),
+        ([3, 3], 3, [b"abcdef"], "2 body_sizes for 3 messages"),
+        ([7, -1], None, [b"abcdef"], "negative"),
+        ([3, 4], None, [b"abcdef"], "add up to 7 bytes, the body frame has 6"),
+        ([3, 2], None, [b"abcdef"], "add up to 5 bytes"),
+    ],
+)
+def test_a_packed_batch_that_does_not_add_up_is_malformed(
+    sizes: list[int], entries: int | None, frames: list[bytes], remark: str
+) -> None:
+    header = encode_request(RequestCode.SEND_BATCH_MESSAGE, 6, _packed(sizes, entries))[0]
+    error = _error([header, *frames])
+    assert (error.code, error.request_id) == (ResponseCode.MALFORMED_REQUEST, 6)
+    assert remark in error.remark
+
+
+def test_packed_bodies_keep_the_limits_of_body_frames() -> None:
+    # Each packed body is held to MAX_MESSAGE_BYTES; the packed frame as a whole is not.
+    big = MAX_MESSAGE_BYTES + 1
+    header = msgspec.msgpack.encode(
+        (int(RequestCode.SEND_BATCH_MESSAGE), PROTOCOL_VERSION, 7, 0, _packed([1, big]))
+    )  # encode_request itself refuses it before writing
+    error = _error([header, bytes(big + 1)])
+    assert (error.code, error.request_id) == (ResponseCode.MESSAGE_ILLEGAL, 7)
+    assert "packed body 2" in error.remark
+    sizes = [MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES]
+    _, bodies = parse_request(
+        encode_request(RequestCode.SEND_BATCH_MESSAGE, 8, _packed(sizes), [bytes(sum(sizes))])
+    )
+    assert [len(b) for b in bodies] == sizes
+    with pytest.raises(FrameError) as info:  # more messages than MAX_BATCH_MESSAGES
+        n = MAX_BATCH_MESSAGES + 1
+        encode_request(RequestCode.SEND_BATCH_MESSAGE, 9, _packed([1] * n), [bytes(n)])
+    assert info.value.code == ResponseCode.MESSAGE_ILLEGAL
+    with pytest.raises(FrameTooLargeError) as too_big:  # the whole request
+        sizes = [MAX_MESSAGE_BYTES] * (MAX_REQUEST_BYTES // MAX_MESSAGE_BYTES)
+        encode_request(RequestCode.SEND_BATCH_MESSAGE, 9, _packed(sizes), [bytes(sum(sizes))])
+    assert too_big.value.limit == MAX_REQUEST_BYTES
