@@ -29,7 +29,7 @@ from fabric.errors import InvalidNameError, MessageIllegalError, MessageTooLarge
 from fabric.protocol.codes import DELAY_LEVELS, PullStatus, ResponseCode, SendStatus, SysFlag
 from fabric.protocol.frames import MAX_MESSAGE_BYTES
 from fabric.protocol.names import DLQ_PREFIX, RETRY_PREFIX, check_topic
-from fabric.protocol.records import Record, unpack_record
+from fabric.protocol.records import Record, RecordFields, record_fields, unpack_record
 
 __all__ = [
     "DEFAULT_COMPRESS_LEVEL",
@@ -339,28 +339,7 @@ class MessageExt(msgspec.Struct, frozen=True, gc=False):
         Raises:
             MessageIllegalError: the body is flagged compressed and is not valid zlib.
         """
-        return _message(
-            cls,
-            record.topic,
-            record.body,
-            record.tags,
-            record.keys,
-            record.properties,
-            record.uniq_id,
-            record.queue_id,
-            record.queue_offset,
-            record.born_timestamp,
-            record.store_timestamp,
-            record.reconsume_times,
-            broker_name,
-            record.physical_offset,
-            record.size,
-            record.flag,
-            record.sysflag,
-            record.born_host,
-            record.store_host,
-            record.sys,
-        )
+        return _message(cls, broker_name, record_fields(record))
 
     @classmethod
     def decode(
@@ -375,69 +354,28 @@ class MessageExt(msgspec.Struct, frozen=True, gc=False):
             RecordError: the bytes are not a sound record.
             MessageIllegalError: the body is flagged compressed and is not valid zlib.
         """
-        (
-            topic,
-            queue_id,
-            queue_offset,
-            physical_offset,
-            size,
-            body,
-            props,
-            flag,
-            sysflag,
-            born_ts,
-            store_ts,
-            born_host,
-            store_host,
-            reconsume,
-            _prepared,
-        ) = unpack_record(data, verify_crc)
-        return _message(
-            cls,
-            topic,
-            body,
-            props.tags,
-            props.keys,
-            props.props,
-            props.uniq_id,
-            queue_id,
-            queue_offset,
-            born_ts,
-            store_ts,
-            reconsume,
-            broker_name,
-            physical_offset,
-            size,
-            flag,
-            sysflag,
-            born_host,
-            store_host,
-            props.sys,
-        )
+        return _message(cls, broker_name, unpack_record(data, verify_crc))
 
 
-def _message(
-    cls: type[MessageExt],
-    topic: str,
-    body: bytes,
-    tags: str,
-    keys: list[str],
-    properties: dict[str, str],
-    uniq_id: str,
-    queue_id: int,
-    queue_offset: int,
-    born_ts: int,
-    store_ts: int,
-    reconsume: int,
-    broker_name: str,
-    physical_offset: int,
-    size: int,
-    flag: int,
-    sysflag: int,
-    born_host: str,
-    store_host: str,
-    sys_props: dict[str, str],
-) -> MessageExt:
+def _message(cls: type[MessageExt], broker_name: str, fields: RecordFields) -> MessageExt:
+    (
+        topic,
+        queue_id,
+        queue_offset,
+        physical_offset,
+        size,
+        body,
+        props,
+        flag,
+        sysflag,
+        born_ts,
+        store_ts,
+        born_host,
+        store_host,
+        reconsume,
+        _prepared,
+    ) = fields
+    uniq_id = props.uniq_id
     if sysflag & _COMPRESSED:
         try:
             body = zlib.decompress(body)
@@ -448,6 +386,7 @@ def _message(
             ) from exc
     # Broker-only system properties never reach ``properties``; ORIGIN_TOPIC names the
     # topic a retried message or a dead letter was first sent to.
+    sys_props = props.sys
     if sys_props:
         origin = sys_props.get(_ORIGIN_TOPIC, "")
         store_topic = topic if origin and origin != topic else ""
@@ -459,9 +398,9 @@ def _message(
     return cls(
         topic,
         body,
-        tags,
-        keys,
-        properties,
+        props.tags,
+        props.keys,
+        props.props,
         uniq_id,
         queue_id,
         queue_offset,

@@ -50,6 +50,7 @@ __all__ = [
     "RecordError",
     "RecordFields",
     "decode_record",
+    "record_fields",
     "unpack_record",
 ]
 
@@ -197,6 +198,28 @@ def unpack_record(data: bytes | bytearray | memoryview, verify_crc: bool = False
         _host(store_addr, store_port),
         reconsume,
         prepared,
+    )
+
+
+def record_fields(record: Record) -> RecordFields:
+    """A decoded Record as the tuple :func:`unpack_record` returns."""
+    props = _Properties(record.tags, record.keys, record.uniq_id, record.properties, record.sys)
+    return (
+        record.topic,
+        record.queue_id,
+        record.queue_offset,
+        record.physical_offset,
+        record.size,
+        record.body,
+        props,
+        record.flag,
+        record.sysflag,
+        record.born_timestamp,
+        record.store_timestamp,
+        record.born_host,
+        record.store_host,
+        record.reconsume_times,
+        record.prepared_tx_offset,
     )
 
 
