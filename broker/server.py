@@ -80,6 +80,8 @@ _BURST_SECONDS: Final = 0.005
 # (one msync of a few pages, ~0.1-0.2 ms here); more goes to the store's flush thread, so
 # a long msync never stalls the loop.
 _INLINE_FLUSH_BYTES: Final = 64 * 1024
+# Seconds the loop leaves all flushing to the flush thread after an inline flush failed.
+_INLINE_FLUSH_BACKOFF: Final = 1.0
 # Milliseconds the socket keeps trying to deliver the last replies when it closes.
 _CLOSE_LINGER_MS: Final = 500
 _WILDCARDS: Final = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "*": "127.0.0.1"}
@@ -191,6 +193,7 @@ class BrokerServer:
         self.timers: TimerService | None = None
         self._dispatch = Dispatcher()
         self._waiters: SyncFlushWaiters | None = None
+        self._inline_flush_after = 0.0
         #: The endpoint registered with the NameServers.
         self.address = ""
         #: Replies that could not be delivered (client gone or not reading).
@@ -428,11 +431,16 @@ class BrokerServer:
         assert waiters is not None and store is not None
         wanted = waiters.wanted
         flushed: int | None = None
-        if inline:
+        if inline and time.monotonic() >= self._inline_flush_after:
             try:
                 flushed = store.flush_inline(wanted, _INLINE_FLUSH_BYTES)
-            except Exception:
-                logger.exception("broker: flush on the loop failed; the flush thread retries")
+            except Exception as exc:
+                # A failing disk: leave it to the flush thread (which retries and logs)
+                # for a while, so the loop neither retries it nor logs it per burst.
+                self._inline_flush_after = time.monotonic() + _INLINE_FLUSH_BACKOFF
+                logger.warning(
+                    "broker: flush on the loop failed ({}); the flush thread retries", exc
+                )
         if flushed is None:
             waiters.asked = wanted
             store.request_flush(wanted)
