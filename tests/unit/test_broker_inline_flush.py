@@ -10,6 +10,8 @@ import asyncio
 import threading
 from pathlib import Path
 
+import zmq.asyncio
+
 from broker.config import BrokerConfig
 from broker.processors.send import SyncFlushWaiters
 from broker.server import BrokerServer
@@ -30,7 +32,8 @@ def test_a_failed_flush_on_the_loop_goes_to_the_flush_thread(tmp_path: Path) -> 
 
     config = StoreConfig(flush_mode=FlushMode.SYNC_FLUSH, warm_ahead_bytes=0)
     store = MessageStore(str(tmp_path / "store"), config, before_flush=failing_once)
-    server = BrokerServer(BrokerConfig(data_dir=str(tmp_path), flush="sync"))
+    context = zmq.asyncio.Context()  # the server's; never used by a server not started
+    server = BrokerServer(BrokerConfig(data_dir=str(tmp_path), flush="sync"), context=context)
     try:
         server.store = store
 
@@ -53,3 +56,4 @@ def test_a_failed_flush_on_the_loop_goes_to_the_flush_thread(tmp_path: Path) -> 
         asyncio.run(scenario())
     finally:
         store.close()
+        context.term()
