@@ -95,6 +95,8 @@ T = TypeVar("T")
 #: Seconds a request waits for its reply unless told otherwise.
 DEFAULT_TIMEOUT: Final = 3.0
 _DEFAULT_HWM: Final = 10_000
+#: Seconds between two looks at a socket while something waits on it (Connection._arm_recheck).
+RECHECK_S: Final = 0.02
 # Seconds allowed for opening and closing a BlockingConnection, on top of request deadlines.
 _START_TIMEOUT: Final = 5.0
 # Ids start at 1 so that 0 never looks like "unset" in a capture.
@@ -241,6 +243,8 @@ class Connection:
         self._outbox: collections.deque[_Outgoing] = collections.deque()
         # A call of _on_events is scheduled (after a write consumed the FD's edge).
         self._check_scheduled = False
+        # The safety net of the edge-triggered FD (see _arm_recheck).
+        self._recheck: asyncio.TimerHandle | None = None
         # Set by a lingering close(): resolved when the outbox is empty.
         self._drained: asyncio.Future[None] | None = None
         # A plain socket: this class drives it from the loop itself (module docstring).
@@ -354,6 +358,28 @@ class Connection:
                 return
             logger.exception("connection {}: receive failed", self.endpoint)
 
+    def _arm_recheck(self) -> None:
+        """Look at the socket again in RECHECK_S while anything waits on it.
+
+        The zmq FD is edge-triggered: an edge consumed where nobody looked (inside a
+        send that met EAGAIN, say) never comes back, and a message in the outbox or a
+        reply would then wait for the next unrelated event. Every path here is written
+        to look again after it may have taken an edge; this timer, armed only while a
+        message waits in the outbox or a request waits for its reply, bounds what a
+        missed edge can cost to RECHECK_S instead of a request timeout. (A CI run saw
+        a oneway send on a new connection wait 10 s for its POLLOUT once.)
+        """
+        if self._recheck is None and not self._closed:
+            self._recheck = self._loop.call_later(RECHECK_S, self._on_recheck)
+
+    def _on_recheck(self) -> None:
+        self._recheck = None
+        if self._closed or not (self._outbox or self._pending):
+            return
+        self._on_events()
+        if self._outbox or self._pending:
+            self._arm_recheck()
+
     def _schedule_check(self) -> None:
         if not self._check_scheduled and not self._closed:
             self._check_scheduled = True
@@ -435,6 +461,7 @@ class Connection:
                 return None
         outgoing = _Outgoing(frames)
         self._outbox.append(outgoing)
+        self._arm_recheck()
         return outgoing
 
     def _flush_outbox(self) -> bool:
@@ -495,6 +522,7 @@ class Connection:
             raise ConnectionClosedError("the server is away", address=self.endpoint)
         waiter: asyncio.Future[Reply] = self._loop.create_future()
         self._pending[request_id] = waiter
+        self._arm_recheck()
         deadline = self.timeout if timeout is None else timeout
         outgoing: _Outgoing | None = None
         try:
@@ -572,6 +600,7 @@ class Connection:
         waiter = _CallbackWaiter(callback)
         waiter.outgoing = outgoing
         self._pending[request_id] = waiter
+        self._arm_recheck()
         deadline = self.timeout if timeout is None else timeout
         waiter.timer = loop.call_later(deadline, self._expire, request_id, code, deadline)
 
@@ -663,6 +692,9 @@ class Connection:
             except asyncio.TimeoutError:
                 pass
         self._closed = True
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
         try:
             self._loop.remove_reader(self._fd)
         except (OSError, ValueError, RuntimeError):

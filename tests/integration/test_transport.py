@@ -197,5 +197,34 @@ def test_blocking_connection_on_a_shared_iothread(io: IOThread) -> None:
         io.call_soon(router.close, 0)
 
 
+def test_a_lost_fd_edge_costs_a_recheck_not_a_timeout(io: IOThread) -> None:
+    # The zmq FD is edge-triggered; here every edge is lost (the reader is removed), as
+    # if consumed where nobody looked. The connection's recheck timer still writes the
+    # queued request once the connection is up and reads the reply, within a few
+    # RECHECK_S, far inside the 5 s request timeout.
+    from fabric.transport import RECHECK_S
+
+    async def main() -> None:
+        router, endpoint = bind_router(io.context, "tcp://127.0.0.1:0")
+        conn = Connection(io.context, endpoint, timeout=5.0)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(conn._fd)
+        try:
+            started = loop.time()
+            call = asyncio.ensure_future(conn.request(RequestCode.GET_CLUSTER_INFO, m.Empty()))
+            identity, rid = await asyncio.wait_for(_recv_request(router), 2.0)
+            info = m.ClusterInfo(brokers={}, clusters={})
+            await send_to(router, identity, encode_reply(rid, ResponseCode.SUCCESS, info))
+            reply = await asyncio.wait_for(call, 2.0)
+            assert reply.decode(m.ClusterInfo) == info
+            assert loop.time() - started < 2.0
+            assert RECHECK_S < 0.1
+        finally:
+            await conn.close()
+            router.close(linger=0)
+
+    run(io, main)
+
+
 async def _bind(io: IOThread) -> tuple[zmq.asyncio.Socket, str]:
     return bind_router(io.context, "tcp://127.0.0.1:0")
