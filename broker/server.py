@@ -82,6 +82,8 @@ _BURST_SECONDS: Final = 0.005
 _INLINE_FLUSH_BYTES: Final = 64 * 1024
 # Seconds the loop leaves all flushing to the flush thread after an inline flush failed.
 _INLINE_FLUSH_BACKOFF: Final = 1.0
+# Seconds between two reads of the socket that no FD edge asked for (BrokerServer._recheck).
+_RECHECK_S: Final = 0.1
 # Milliseconds the socket keeps trying to deliver the last replies when it closes.
 _CLOSE_LINGER_MS: Final = 500
 _WILDCARDS: Final = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "*": "127.0.0.1"}
@@ -184,6 +186,7 @@ class BrokerServer:
         self._fd: int | None = None
         self._bad_input = _BadInputLog()
         self._offset_timer: asyncio.TimerHandle | None = None
+        self._recheck_timer: asyncio.TimerHandle | None = None
         self._offset_write: asyncio.Future[None] | None = None
         self.store: MessageStore | None = None
         self.topics: TopicTable | None = None
@@ -292,6 +295,7 @@ class BrokerServer:
         loop.add_reader(self._fd, self._on_readable)
         self._schedule_drain()  # requests may be queued already: the edge has passed
         self._offset_timer = loop.call_later(config.offset_persist_interval, self._persist_offsets)
+        self._recheck_timer = loop.call_later(_RECHECK_S, self._recheck)
         self.registry.start()
         if config.nameservers:
             # READY should mean "clients can find me": wait for the first registration
@@ -325,6 +329,8 @@ class BrokerServer:
             self._fd = None
         if self._offset_timer is not None:
             self._offset_timer.cancel()
+        if self._recheck_timer is not None:
+            self._recheck_timer.cancel()
         store = self.store
         if self.processors is not None:
             # Before the socket closes (with a linger): every stream hears STREAM_CLOSED.
@@ -446,6 +452,20 @@ class BrokerServer:
             store.request_flush(wanted)
         else:
             self._on_flushed(flushed)
+
+    def _recheck(self) -> None:
+        """Timer: read the socket now and then, whatever its FD said.
+
+        The safety net of the edge-triggered FD (as fabric.transport's Connection has):
+        every path looks again after it may have taken an edge, but an edge lost anyway
+        would leave requests unread until some other peer's message made a new one.
+        Ten looks a second cost nothing measurable.
+        """
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        self._recheck_timer = loop.call_later(_RECHECK_S, self._recheck)
+        self._schedule_drain()
 
     def _schedule_drain(self) -> None:
         if not self._drain_scheduled and self._loop is not None:
