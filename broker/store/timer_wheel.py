@@ -15,7 +15,9 @@ Files in the store's directory (by convention ``<store root>/timer``), big-endia
     lock                  flocked while open: one process per directory
 
 Wheel header: two 64-byte state slots at bytes 0 and 512, written alternately (a torn
-write leaves the other intact); the valid one with the higher sequence wins::
+write leaves the other intact); the valid one with the higher sequence wins. At byte 1024,
+``next_s`` (int64): the next second to take, rewritten (8 bytes, one store, not synced)
+whenever it moves, so that recovery knows which seconds the dead process had taken::
 
     off size field             type
       0    8  sequence          int64
@@ -26,7 +28,8 @@ write leaves the other intact); the valid one with the higher sequence wins::
      40    8  log_safe          int64   TimerLog records below it are durable and in the wheel
      48    8  base_s            int64   no entry is filed below it; seconds below it that were
                                         taken are delivered (an empty wheel moved to "now")
-     56    4  flags             uint32  STATE_CLEAN: written by close()
+     56    4  flags             uint32  STATE_CLEAN: written by close(); STATE_SLOT_CRC:
+                                        this format (slots carry a CRC, next_s is kept)
      60    4  crc32             uint32  CRC32 of bytes [0, 60)
 
 Wheel slot ``s``, at byte 4096 + 24 s, holds the chain of the seconds t with t mod N = s::
@@ -34,7 +37,11 @@ Wheel slot ``s``, at byte 4096 + 24 s, holds the chain of the seconds t with t m
     off size field    type
       0    8  fire_s   int64   the second its newest records are filed under
       8    8  head     int64   TimerLog position of the newest record of the slot
-     16    8  count    int64   records filed under fire_s; 0: the slot is empty
+     16    4  count    uint32  records filed under fire_s; 0: the slot is empty
+     20    4  crc32    uint32  CRC32 of bytes [0, 20); an empty slot is 24 zero bytes
+
+A slot is written with one copy of its 24 bytes; the CRC tells a slot that a kill tore in
+the middle of that copy, and recovery rebuilds it from its chain (below).
 
 **Rolling.** With ``c`` the next second to take, an entry is filed under ``due_s`` when
 ``c <= due_s < c + N``, under ``c`` when already due, and otherwise ("rolled") under the
@@ -49,12 +56,20 @@ a record is written before its slot, and ``flush()`` makes the TimerLog durable,
 wheel, then the header. Opening scans from ``min(log_safe, start of the last segment)``,
 checks magic and CRC32, cuts at the first bad record (a warning with path and offset) and
 re-applies the records past ``log_safe`` to their slots (idempotent: a slot whose head is
-at or past a record has it already). Seconds taken but not durably ``mark_delivered`` are
-taken again: their chains are still linked behind the newer generation, so their entries
-come back (at-least-once, as docs/PROTOCOL.md 14.1 allows); rolled entries already
-re-added are not re-added twice. What the TimerLog cannot repair (a cut below
-``log_safe``, a slot pointing past the cut, an unreadable header, another wheel_seconds)
-sets ``recovery.rebuild_needed``: the owner calls ``reset()`` and re-adds from the CommitLog.
+at or past a record has it already). A slot of such a record whose CRC fails, or that is
+empty although the record's ``prev`` says it held a chain, was torn by the kill (a copy
+can be cut anywhere, after zeroing included): its head is its newest record and its count
+is recounted along the chain.
+Seconds taken but not durably ``mark_delivered`` (from ``delivered_s + 1`` to ``next_s -
+1``) are taken again at once, before anything new is filed: their chains are still linked
+behind the newer generation, so their entries come back, and the next ``due()`` or
+``take()`` hands them out first (at-least-once, as docs/PROTOCOL.md 14.1 allows); rolled
+entries already re-added are not re-added twice. Taking them at open matters: an entry
+filed before they were taken again could land under an older second than its slot's
+newest generation, and the walk from that older head would never reach the newer one.
+What the TimerLog cannot repair (a cut below ``log_safe``, a slot pointing past the cut,
+an unreadable header, another wheel_seconds) or a wheel of an older format sets
+``recovery.rebuild_needed``: the owner calls ``reset()`` and re-adds from the CommitLog.
 
 Sizing: N = 7 days by default (TimerConfig): delays up to 7 days are never rolled, the
 broker's 30-day maximum rolls an entry at most 4 times, and the wheel file is 14.5 MB.
@@ -86,23 +101,37 @@ __all__ = [
     "STATE",
     "STATE_CLEAN",
     "STATE_LEN",
+    "STATE_SLOT_CRC",
     "WHEEL_HEADER_LEN",
     "TimerEntry",
     "TimerRecovery",
     "TimerStore",
     "due_second",
+    "pack_slot",
 ]
 
-SLOT: Final = struct.Struct(">qqq")
+SLOT: Final = struct.Struct(">qqII")
 SLOT_LEN: Final = 24
 assert struct.calcsize(SLOT.format) == SLOT_LEN
+_SLOT_BODY: Final = struct.Struct(">qqI")  # the bytes the CRC covers
+_EMPTY_SLOT: Final = bytes(SLOT_LEN)
 STATE: Final = struct.Struct(">qqqqqqqII")
 STATE_LEN: Final = 64
 assert struct.calcsize(STATE.format) == STATE_LEN
 STATE_CLEAN: Final = 0x1
+STATE_SLOT_CRC: Final = 0x2
 _STATE_AT: Final = (0, 512)
+_NEXT_AT: Final = 1024
 WHEEL_HEADER_LEN: Final = 4096
 _crc32 = zlib.crc32
+
+
+def pack_slot(fire: int, head: int, count: int) -> bytes:
+    """The 24 bytes of a wheel slot, CRC included (24 zero bytes when ``count`` is 0)."""
+    if not count:
+        return _EMPTY_SLOT
+    body = _SLOT_BODY.pack(fire, head, count)
+    return body + _crc32(body).to_bytes(4, "big")
 
 
 def due_second(deliver_at_ms: int) -> int:
@@ -128,6 +157,11 @@ class TimerRecovery(msgspec.Struct, frozen=True):
     #: Records past log_safe that were missing from their slots and linked in again.
     reapplied: int
     cut_bytes: int
+    #: Entries of seconds taken before the crash but not durably delivered, taken again
+    #: at open; the next due() or take() hands them out first.
+    replayed: int = 0
+    #: Slots a kill tore mid-write, rebuilt from their chains.
+    torn_slots: int = 0
     damage: str | None = None
     damage_path: str = ""
     #: The wheel could not be repaired from the TimerLog: reset() and re-add from the CommitLog.
@@ -201,6 +235,7 @@ class TimerStore:
         self._pending = 0
         self._next = 0  # the next second to take
         self._takes: deque[tuple[int, int]] = deque()  # (second taken, indexed_through then)
+        self._replay: list[TimerEntry] = []  # taken again at open, handed out first
         try:
             self.recovery = self._recover()
         except BaseException:
@@ -215,11 +250,14 @@ class TimerStore:
         exists = os.path.exists(self._wheel_path)
         state = self._read_state() if exists else None
         if (exists or log.files) and (
-            state is None or state.wheel_seconds != n or os.path.getsize(self._wheel_path) != size
+            state is None
+            or state.wheel_seconds != n
+            or not state.flags & STATE_SLOT_CRC
+            or os.path.getsize(self._wheel_path) != size
         ):
             logger.warning(
-                "timer wheel {} missing, unreadable or sized for another wheel_seconds: "
-                "starting empty (re-add the timers from the CommitLog)",
+                "timer wheel {} missing, unreadable, of an older format or sized for another "
+                "wheel_seconds: starting empty (re-add the timers from the CommitLog)",
                 self._wheel_path,
             )
             if exists:
@@ -237,6 +275,7 @@ class TimerStore:
         safe = min(max(st.log_safe, log.min_offset), files[-1].end if files else 0)
         scan_from = min(safe, files[-1].start) if files else 0
         newest: dict[int, tuple[int, int]] = {}  # slot -> (position, fire) of its newest record
+        torn: set[int] = set()
         counts = [0, 0]
 
         def visit(pos: int, rec: TimerRecord) -> None:
@@ -245,8 +284,14 @@ class TimerStore:
                 st.indexed_through = rec.phys + rec.size
             s = rec.fire % n
             newest[s] = (pos, rec.fire)
-            if pos >= safe:
-                fire, head, count = self._slot(s)
+            if pos >= safe and s not in torn:
+                slot = self._checked_slot(s)
+                # Torn by the kill (rebuilt once the scan is done): a CRC that fails, or a
+                # slot left zeroed although the record found it holding a chain (prev).
+                if slot is None or (slot[2] == 0 and rec.prev != NO_POSITION):
+                    torn.add(s)
+                    return
+                fire, head, count = slot
                 if count == 0 or rec.fire > fire:
                     self._set_slot(s, rec.fire, pos, 1)
                 elif rec.fire == fire and pos > head:
@@ -267,12 +312,28 @@ class TimerStore:
             cut = log.cut(end)
             rebuild = rebuild or end < safe
         log.open_at(end, safe)
+        for s in sorted(torn):
+            head, fire = newest[s]
+            count = self._count_generation(head, fire)
+            self._set_slot(s, fire, head, count)
+            logger.warning(
+                "timer wheel slot {} was torn by the crash: rebuilt from its chain "
+                "(second {}, {} records)",
+                s,
+                fire,
+                count,
+            )
         self._base = st.base_s
         self._next = max(st.delivered_s + 1, st.base_s)
         self._takes.append((st.delivered_s, st.delivered_index))
         # One pass over the slots: count what is pending; repair heads that were cut off.
         wheel = self._wheel
-        for s, (fire, head, count) in enumerate(SLOT.iter_unpack(wheel.mm[WHEEL_HEADER_LEN:])):
+        for s, (fire, head, count, crc) in enumerate(SLOT.iter_unpack(wheel.mm[WHEEL_HEADER_LEN:])):
+            if (count or crc) and crc != _crc32(_SLOT_BODY.pack(fire, head, count)):
+                logger.warning("timer wheel slot {} is damaged (CRC mismatch)", s)
+                fire, head, count = 0, 0, 0
+                self._set_slot(s, fire, head, count)
+                rebuild = True
             if count and head >= end:
                 pos_fire = newest.get(s)
                 fire, head, count = (pos_fire[1], pos_fire[0], 1) if pos_fire else (0, 0, 0)
@@ -280,6 +341,13 @@ class TimerStore:
                 rebuild = True
             if count and fire >= self._next:
                 self._pending += count
+        # The seconds the dead process had taken (next_s) but not durably marked delivered
+        # are taken again now, before anything new is filed (see the module docstring).
+        taken_next = int.from_bytes(wheel.mm[_NEXT_AT : _NEXT_AT + 8], "big", signed=True)
+        if exists and not rebuild and self._next < taken_next <= self._next + n:
+            for t in range(self._next, taken_next):
+                self._replay.extend(self._take(t))
+        self._set_next(self._next)
         self._flush_files()
         report = TimerRecovery(
             abnormal=exists and (state is None or not state.flags & STATE_CLEAN),
@@ -290,10 +358,25 @@ class TimerStore:
             damage=damage,
             damage_path=damage_path,
             rebuild_needed=rebuild,
+            replayed=len(self._replay),
+            torn_slots=len(torn),
         )
-        if damage is not None or rebuild:
+        if damage is not None or rebuild or torn:
             logger.warning("timer store recovery: {}", report)
         return report
+
+    def _count_generation(self, head: int, fire: int) -> int:
+        """How many records filed under ``fire`` the chain from ``head`` starts with."""
+        count, pos, floor = 0, head, self._log.min_offset
+        while pos != NO_POSITION and pos >= floor:
+            rec = self._log.read(pos)
+            if rec is None or rec.fire != fire:
+                break
+            count += 1
+            if rec.prev >= pos:
+                break
+            pos = rec.prev
+        return count
 
     def _read_state(self) -> _State | None:
         best: _State | None = None
@@ -311,16 +394,35 @@ class TimerStore:
 
     # == the wheel ===============================================================================
     def _slot(self, s: int) -> tuple[int, int, int]:
+        """(fire, head, count) of slot ``s``, unchecked (what this process wrote)."""
         assert self._wheel is not None
-        slot: tuple[int, int, int] = SLOT.unpack_from(
-            self._wheel.mm, WHEEL_HEADER_LEN + s * SLOT_LEN
-        )
-        return slot
+        fire, head, count, _crc = SLOT.unpack_from(self._wheel.mm, WHEEL_HEADER_LEN + s * SLOT_LEN)
+        return fire, head, count
+
+    def _checked_slot(self, s: int) -> tuple[int, int, int] | None:
+        """(fire, head, count) of slot ``s``; None when its CRC fails (a torn write)."""
+        assert self._wheel is not None
+        at = WHEEL_HEADER_LEN + s * SLOT_LEN
+        raw = self._wheel.mm[at : at + SLOT_LEN]
+        if raw == _EMPTY_SLOT:
+            return 0, 0, 0
+        fire, head, count, crc = SLOT.unpack(raw)
+        if _crc32(raw[: SLOT_LEN - 4]) != crc or count == 0:
+            return None
+        return fire, head, count
 
     def _set_slot(self, s: int, fire: int, head: int, count: int) -> None:
+        """Write slot ``s`` with one copy of its 24 bytes (a kill can only tear that copy)."""
         assert self._wheel is not None
-        SLOT.pack_into(self._wheel.mm, WHEEL_HEADER_LEN + s * SLOT_LEN, fire, head, count)
+        at = WHEEL_HEADER_LEN + s * SLOT_LEN
+        self._wheel.mm[at : at + SLOT_LEN] = pack_slot(fire, head, count)
         self._wheel_dirty = True
+
+    def _set_next(self, second: int) -> None:
+        """Move the next second to take, and keep it in the header (one 8-byte store)."""
+        self._next = second
+        assert self._wheel is not None
+        self._wheel.mm[_NEXT_AT : _NEXT_AT + 8] = second.to_bytes(8, "big", signed=True)
 
     def _file(self, due: int, phys: int, size: int, flags: int) -> None:
         """Append a record for the entry and make it its slot's head (under the lock)."""
@@ -328,6 +430,14 @@ class TimerStore:
         fire = c if due < c else due if due - c < n else c + (due - c) % n
         s = fire % n
         old_fire, head, count = self._slot(s)
+        if count and old_fire > fire:
+            # Only when recovery could not tell which seconds were taken before a crash:
+            # filing under an older second than the slot's newest generation would hide
+            # that generation from the walk. Late (one turn of the wheel) rather than lost.
+            logger.warning(
+                "timer entry due {} filed under second {}: the wheel was behind", due, old_fire
+            )
+            fire = old_fire
         pos = self._log.append(flags, due, fire, phys, head if count else NO_POSITION, size)
         self._set_slot(s, fire, pos, count + 1 if count and old_fire == fire else 1)
         self._pending += 1
@@ -344,7 +454,7 @@ class TimerStore:
         moved = self._next == max(self._state.delivered_s + 1, self._base)  # none unmarked
         if moved:
             self._base = second
-        self._next = second
+        self._set_next(second)
         self._takes.append((second - 1, self._state.indexed_through))
         return moved
 
@@ -382,7 +492,8 @@ class TimerStore:
         """Take one second: its due entries in add order; those not due yet are re-added.
 
         ``second`` must be ``next_second`` (or any later one while nothing is pending).
-        O(entries filed under that second).
+        O(entries filed under that second). After a crash the first call also returns,
+        first, the entries taken again at open (``recovery.replayed``).
 
         Raises:
             StoreClosedError: the store is closed.
@@ -394,7 +505,10 @@ class TimerStore:
                 self._jump(second)
             if second != self._next:
                 raise ValueError(f"take the seconds in order: next is {self._next}, not {second}")
-            return self._take(second)
+            entries = self._take(second)
+            if self._replay:
+                entries, self._replay = self._replay + entries, []
+            return entries
 
     def _take(self, t: int) -> list[TimerEntry]:
         fire, pos, count = self._slot(t % self._n)
@@ -415,7 +529,7 @@ class TimerStore:
                 pos = rec.prev
             if fire == t:
                 self._pending = max(0, self._pending - len(chain))
-        self._next = t + 1
+        self._set_next(t + 1)
         self._takes.append((t, self._state.indexed_through))
         out: list[TimerEntry] = []
         for rec in reversed(chain):
@@ -430,8 +544,13 @@ class TimerStore:
 
         Entries come by second, then in add order. Consume the iterator to its end, then
         call ``mark_delivered(now_s)`` once the deliveries are stored. An empty wheel jumps
-        straight to ``now_s``; otherwise each second costs one slot read.
+        straight to ``now_s``; otherwise each second costs one slot read. After a crash the
+        entries taken again at open (``recovery.replayed``) come first.
         """
+        with self._lock:
+            self._check_open()
+            replay, self._replay = self._replay, []
+        yield from replay
         while True:
             with self._lock:
                 self._check_open()
@@ -481,8 +600,8 @@ class TimerStore:
         return self._state.indexed_through
 
     def pending(self) -> int:
-        """Entries filed and not taken yet (O(1))."""
-        return self._pending
+        """Entries filed and not handed out yet (O(1))."""
+        return self._pending + len(self._replay)
 
     @property
     def min_commitlog_offset(self) -> int | None:
@@ -524,7 +643,7 @@ class TimerStore:
         self._written = msgspec.structs.replace(state, sequence=seq, base_s=self._base)
         body = STATE.pack(
             seq, self._n, state.delivered_s, state.delivered_index, state.indexed_through,
-            state.log_safe, self._base, STATE_CLEAN if clean else 0, 0,
+            state.log_safe, self._base, STATE_SLOT_CRC | (STATE_CLEAN if clean else 0), 0,
         )[: STATE_LEN - 4]  # fmt: skip
         assert self._wheel is not None
         at = _STATE_AT[seq % 2]
@@ -548,8 +667,9 @@ class TimerStore:
             self._pending = 0
             st = self._state
             st.indexed_through = st.log_safe = 0
-            self._next = max(st.delivered_s + 1, self._base)
+            self._set_next(max(st.delivered_s + 1, self._base))
             self._takes = deque([(st.delivered_s, st.delivered_index)])
+            self._replay = []
             self._write_state(st, clean=False)
         logger.info("timer store reset at {}", self.directory)
 

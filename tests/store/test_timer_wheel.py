@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ def crash_image(directory: Path, into: Path) -> Path:
     ("module", "layout", "fields"),
     [
         (tl, tl.ENTRY, ["magic", "flags", "due_s", "fire_s", "phys", "prev", "size", "crc32"]),
-        (tw, tw.SLOT, ["fire_s", "head", "count"]),
+        (tw, tw.SLOT, ["fire_s", "head", "count", "crc32"]),
         (
             tw,
             tw.STATE,
@@ -133,7 +134,10 @@ def test_layouts_match_the_documented_tables(
 ) -> None:
     assert (tl.ENTRY.size, tw.SLOT.size, tw.STATE.size) == (tl.ENTRY_LEN, tw.SLOT_LEN, 64)
     rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\w+)\s", module.__doc__ or "", re.MULTILINE)
-    table = {name: (int(offset), int(size)) for offset, size, name in rows}
+    # The table of this layout: the run of rows whose names are its fields, in order.
+    names = [name for _offset, _size, name in rows]
+    at = next(i for i in range(len(rows)) if names[i : i + len(fields)] == fields)
+    table = {name: (int(offset), int(size)) for offset, size, name in rows[at : at + len(fields)]}
     codes = re.findall(r"\d*[a-zA-Z]", layout.format.lstrip(">"))
     assert len(codes) == len(fields)
     for i, (code, name) in enumerate(zip(codes, fields, strict=True)):
@@ -472,7 +476,8 @@ def test_a_torn_tail_is_cut_and_re_added_from_indexed_through(
     seg.write_bytes(bytes(data))
     wheel = bytearray((image / "wheel").read_bytes())
     due = adds[19][0]  # entries 4, 9, 14 and 19 are due then; 14 was the head before 19
-    tw.SLOT.pack_into(wheel, tw.WHEEL_HEADER_LEN + (due % 60) * tw.SLOT_LEN, due, 14 * 48, 3)
+    at = tw.WHEEL_HEADER_LEN + (due % 60) * tw.SLOT_LEN
+    wheel[at : at + tw.SLOT_LEN] = tw.pack_slot(due, 14 * 48, 3)
     (image / "wheel").write_bytes(bytes(wheel))
     again = timers.open(directory=image)
     report = again.recovery
@@ -487,6 +492,82 @@ def test_a_torn_tail_is_cut_and_re_added_from_indexed_through(
     assert drain(again, t0 + 20) == sorted(adds, key=lambda e: (e[0], order[e]))
 
 
+@pytest.mark.parametrize("tear", ["zeroed", "fire-and-head-only"])
+def test_a_slot_torn_by_the_kill_is_rebuilt_from_its_chain(timers: Timers, tear: str) -> None:
+    store = timers.open()
+    t0 = timers.clock.now
+    add_all(store, [(t0 + 3, 1, 1), (t0 + 3, 2, 1), (t0 + 9, 3, 1)])
+    store.flush()
+    add_all(store, [(t0 + 3, 4, 1)])  # past log_safe: its slot write is the one torn
+    image = crash_image(timers.directory, timers.directory.with_name("image"))
+    wheel = bytearray((image / "wheel").read_bytes())
+    at = tw.WHEEL_HEADER_LEN + ((t0 + 3) % 60) * tw.SLOT_LEN
+    if tear == "zeroed":  # the kill came after the copy cleared the slot, before it wrote it
+        wheel[at : at + tw.SLOT_LEN] = bytes(tw.SLOT_LEN)
+    else:  # fire and head of the new value, count and CRC of the old one
+        old = tw.pack_slot(t0 + 3, 48, 2)
+        wheel[at + 16 : at + tw.SLOT_LEN] = old[16:]
+    (image / "wheel").write_bytes(bytes(wheel))
+    again = timers.open(directory=image)
+    report = again.recovery
+    assert report.torn_slots == 1 and report.rebuild_needed is False
+    assert again.pending() == 4
+    assert drain(again, t0 + 20) == [(t0 + 3, 1, 1), (t0 + 3, 2, 1), (t0 + 3, 4, 1), (t0 + 9, 3, 1)]
+
+
+def test_a_damaged_slot_outside_the_crash_window_asks_for_a_rebuild(
+    timers: Timers, store_log: StoreLog
+) -> None:
+    store = timers.open()
+    t0 = timers.clock.now
+    add_all(store, [(t0 + 3, 1, 1), (t0 + 9, 2, 1)])
+    store.close()
+    wheel = timers.directory / "wheel"
+    data = bytearray(wheel.read_bytes())
+    data[tw.WHEEL_HEADER_LEN + ((t0 + 9) % 60) * tw.SLOT_LEN + 9] ^= 0x10  # head, one bit
+    wheel.write_bytes(bytes(data))
+    again = timers.open()
+    assert again.recovery.rebuild_needed is True
+    assert any("is damaged (CRC mismatch)" in m for m in store_log.messages())
+
+
+def test_seconds_taken_before_a_crash_are_taken_again_before_new_entries_are_filed(
+    timers: Timers,
+) -> None:
+    store = timers.open()  # 60-second wheel
+    t0 = timers.clock.now
+    add_all(store, [(t0 + 5, 1, 1), (t0 + 125, 2, 1)])  # 2 is rolled: filed under t0 + 5
+    drain(store, t0 + 4)
+    store.flush()  # durable: delivered through t0 + 4
+    # t0 + 5 is taken (2 is re-added under t0 + 65), never durably marked: then the kill.
+    assert triples(store.due(t0 + 5)) == [(t0 + 5, 1, 1)]
+    image = crash_image(timers.directory, timers.directory.with_name("image"))
+    again = timers.open(directory=image)
+    assert again.recovery.replayed == 1 and again.next_second == t0 + 6
+    # A %TIMER% record the dead process had stored but not filed, due at t0 + 5: filed now,
+    # it must not hide the generation of t0 + 65 in the same slot.
+    add_all(again, [(t0 + 5, 3, 1)])
+    assert drain(again, t0 + 200) == [(t0 + 5, 1, 1), (t0 + 5, 3, 1), (t0 + 125, 2, 1)]
+
+
+def test_a_wheel_of_an_older_format_asks_for_a_rebuild(timers: Timers, store_log: StoreLog) -> None:
+    store = timers.open()
+    t0 = timers.clock.now
+    add_all(store, [(t0 + 3, 1, 1)])
+    store.close()
+    wheel = timers.directory / "wheel"
+    data = bytearray(wheel.read_bytes())
+    for at in (0, 512):  # both header states without STATE_SLOT_CRC, CRCs made right
+        fields = list(tw.STATE.unpack_from(data, at))
+        fields[7] &= ~tw.STATE_SLOT_CRC
+        body = tw.STATE.pack(*fields)[:60]
+        data[at : at + 64] = body + zlib.crc32(body).to_bytes(4, "big")
+    wheel.write_bytes(bytes(data))
+    again = timers.open()
+    assert again.recovery.rebuild_needed is True and again.pending() == 0
+    assert any("of an older format" in m for m in store_log.messages())
+
+
 def test_a_record_unlinked_by_a_crash_is_linked_again(timers: Timers) -> None:
     store = timers.open()
     t0 = timers.clock.now
@@ -497,7 +578,7 @@ def test_a_record_unlinked_by_a_crash_is_linked_again(timers: Timers) -> None:
     # The kill landed between the record and its slot: put the slot back as it was.
     wheel = bytearray((image / "wheel").read_bytes())
     at = tw.WHEEL_HEADER_LEN + ((t0 + 3) % 60) * tw.SLOT_LEN
-    tw.SLOT.pack_into(wheel, at, t0 + 3, 48, 2)
+    wheel[at : at + tw.SLOT_LEN] = tw.pack_slot(t0 + 3, 48, 2)
     (image / "wheel").write_bytes(bytes(wheel))
     again = timers.open(directory=image)
     assert again.recovery.reapplied == 1 and again.pending() == 3
