@@ -146,6 +146,25 @@ class ServerProcess:
         """Lines the process wrote to stderr so far (the last few thousand)."""
         return list(self._stderr)
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        """The first stderr line containing ``text``, waiting up to ``timeout`` seconds.
+
+        stderr is read by a thread of its own, so a line the process logged before its
+        READY line (or before a reply) may reach :meth:`log_lines` just after it.
+
+        Raises:
+            AssertionError: no such line within ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()
+        while True:
+            for line in list(self._stderr):
+                if text in line:
+                    return line
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no log line with {text!r} within {timeout}s")
+            pause.wait(0.02)
+
     def stdout_lines(self) -> list[str]:
         """Lines the process wrote to stdout so far (READY lines included)."""
         return list(self._stdout_lines)

@@ -46,7 +46,7 @@ def test_servers_and_clients_work_on_either_loop(
     try:
         broker = run_broker(tmp_path / "b", nameserver.endpoint, flush="sync")
         for server in (nameserver, broker):
-            assert any(f"event loop {kind}" in line for line in server.log_lines())
+            server.wait_for_log(f"event loop {kind}", WAIT_S)
         with Admin(nameserver.endpoint) as admin:
             admin.create_topic("Loops", queues=2)
         producer = Producer("loops_p", nameservers=nameserver.endpoint).start()
