@@ -134,6 +134,16 @@ def pack_slot(fire: int, head: int, count: int) -> bytes:
     return body + _crc32(body).to_bytes(4, "big")
 
 
+def _unpack_slot(raw: bytes) -> tuple[int, int, int] | None:
+    """(fire, head, count) of a slot's 24 bytes; None when they are not a sound slot."""
+    if raw == _EMPTY_SLOT:
+        return 0, 0, 0
+    fire, head, count, crc = SLOT.unpack(raw)
+    if _crc32(raw[: SLOT_LEN - 4]) != crc or count == 0:
+        return None
+    return fire, head, count
+
+
 def due_second(deliver_at_ms: int) -> int:
     """The wheel second of a ``DELIVER_AT`` time, rounded up so that nothing comes out early."""
     return -(-deliver_at_ms // 1000)
@@ -329,7 +339,7 @@ class TimerStore:
         # One pass over the slots: count what is pending; repair heads that were cut off.
         wheel = self._wheel
         for s, (fire, head, count, crc) in enumerate(SLOT.iter_unpack(wheel.mm[WHEEL_HEADER_LEN:])):
-            if (count or crc) and crc != _crc32(_SLOT_BODY.pack(fire, head, count)):
+            if (count or crc) and self._checked_slot(s) is None:
                 logger.warning("timer wheel slot {} is damaged (CRC mismatch)", s)
                 fire, head, count = 0, 0, 0
                 self._set_slot(s, fire, head, count)
@@ -403,13 +413,7 @@ class TimerStore:
         """(fire, head, count) of slot ``s``; None when its CRC fails (a torn write)."""
         assert self._wheel is not None
         at = WHEEL_HEADER_LEN + s * SLOT_LEN
-        raw = self._wheel.mm[at : at + SLOT_LEN]
-        if raw == _EMPTY_SLOT:
-            return 0, 0, 0
-        fire, head, count, crc = SLOT.unpack(raw)
-        if _crc32(raw[: SLOT_LEN - 4]) != crc or count == 0:
-            return None
-        return fire, head, count
+        return _unpack_slot(self._wheel.mm[at : at + SLOT_LEN])
 
     def _set_slot(self, s: int, fire: int, head: int, count: int) -> None:
         """Write slot ``s`` with one copy of its 24 bytes (a kill can only tear that copy)."""
