@@ -16,9 +16,12 @@ and sets itself for the next.
 
 Whenever the members of a group change, every member the group has afterwards gets a
 NOTIFY_CONSUMER_IDS_CHANGED push (once per group and loop iteration, however many
-members came and went). When a client expires or unregisters, ``on_leave`` is called
-with the groups it left: the broker closes its push streams there and frees its queue
-locks (``BrokerContext`` in broker.processors wires that).
+members came and went). So does every member of a group subscribed to a topic whose
+readable queues or permission an update changed, once the NameServers have the new route
+(:meth:`ConsumerManager.notify_topic`): members read their routes again on it. When a
+client expires or unregisters, ``on_leave`` is called with the groups it left: the broker
+closes its push streams there and frees its queue locks (``BrokerContext`` in
+broker.processors wires that).
 
 Everything runs on the broker's loop.
 """
@@ -295,6 +298,21 @@ class ConsumerManager:
         if not self._notify_scheduled and not self._closed:
             self._notify_scheduled = True
             self._loop.call_soon(self._notify)
+
+    def notify_topic(self, topic: str) -> None:
+        """``topic``'s route changed (its readable queues or its permission): push
+        NOTIFY_CONSUMER_IDS_CHANGED to every member of each group subscribed to it, so
+        they read the route again and rebalance at once."""
+        groups = {
+            group
+            for member in self._members.values()
+            for group, data in member.groups.items()
+            if any(sub.topic == topic for sub in data.subscriptions)
+        }
+        for group in groups:
+            self._mark_changed(group)
+        if groups:
+            logger.info("topic {} changed: notifying consumer groups {}", topic, sorted(groups))
 
     def _notify(self) -> None:
         """Push NOTIFY_CONSUMER_IDS_CHANGED to every member of each changed group."""

@@ -79,6 +79,8 @@ _FOUND: Final = GetStatus.FOUND
 _REMARKS: Final = {
     "offset_reset": "the group's offsets of the topic were reset",
     "topic_deleted": "the topic was deleted",
+    "queue_removed": "the topic's update took this queue out of its readable queues",
+    "topic_unreadable": "the topic's update took away its read permission",
     "lock_lost": "another client of the group took the queue's lock",
     "client_expired": "the client left the group (expired or unregistered)",
     "replaced": "the stream id was opened again on another connection",
@@ -375,12 +377,15 @@ class PushService:
             self._close(stream, reason)
         return len(doomed)
 
-    def close_topic(self, topic: str, reason: str, group: str | None = None) -> int:
-        """Close the streams of ``topic`` (of ``group`` only, when given); how many."""
+    def close_topic(
+        self, topic: str, reason: str, group: str | None = None, from_queue: int = 0
+    ) -> int:
+        """Close the streams of ``topic`` (of ``group`` only, when given; on queues
+        ``from_queue`` and up only); how many."""
         doomed = [
             s
             for key, streams in self._by_queue.items()
-            if key[0] == topic
+            if key[0] == topic and key[1] >= from_queue
             for s in streams
             if group is None or s.group == group
         ]

@@ -69,6 +69,8 @@ class Registry:
         self._failing: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Called after the next round that starts (poke's ``then``).
+        self._after: list[Callable[[], None]] = []
         #: Completed rounds (for tests and stats).
         self.rounds = 0
         #: Set when the first round is over (each NameServer accepted, refused or timed out).
@@ -81,19 +83,31 @@ class Registry:
         if self.nameservers:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="registry")
 
-    def poke(self) -> None:
-        """Run a round now (the topics changed)."""
+    def poke(self, then: Callable[[], None] | None = None) -> None:
+        """Run a round now (the topics changed); ``then`` is called on the loop once a
+        round that started after this call is over (at once with no NameServer)."""
+        if then is not None:
+            if self._task is None:
+                asyncio.get_running_loop().call_soon(then)
+            else:
+                self._after.append(then)
         self._wake.set()
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
+            after, self._after = self._after, []
             try:
                 await self.round()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("registry: a registration round failed; will retry")
+            for callback in after:
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("registry: a callback after a round failed")
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
             except asyncio.TimeoutError:

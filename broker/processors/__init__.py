@@ -45,6 +45,7 @@ __all__ = [
     "Handler",
     "Outcome",
     "Replier",
+    "TopicsChanged",
 ]
 
 #: (response code, reply body or None for ``{}``, extra frames, remark).
@@ -72,6 +73,14 @@ class Replier(Protocol):
         ...
 
 
+class TopicsChanged(Protocol):
+    """Tells the NameServers that the topics changed (the registry's ``poke``)."""
+
+    def __call__(self, then: Callable[[], None] | None = None) -> None:
+        """Register again soon; ``then`` runs on the loop once that is done."""
+        ...
+
+
 class BrokerContext:
     """What the processors of one broker share.
 
@@ -85,7 +94,8 @@ class BrokerContext:
         loop: the broker's loop.
         broker_name: the name SendReply carries.
         msg_id_prefix: hex prefix of the offset message ids (store host and port).
-        on_topics_changed: called after a topic is created, updated or deleted.
+        on_topics_changed: called after a topic is created, updated or deleted; its
+            optional ``then`` runs once the NameServers were told (broker.registry).
     """
 
     def __init__(
@@ -100,7 +110,7 @@ class BrokerContext:
         loop: asyncio.AbstractEventLoop,
         broker_name: str,
         msg_id_prefix: str,
-        on_topics_changed: Callable[[], None],
+        on_topics_changed: TopicsChanged,
     ) -> None:
         self.config = config
         self.store = store

@@ -5,6 +5,7 @@ prompt re-registration with every NameServer, so routes follow within one round 
 Deleting a topic also deletes its ConsumeQueues (``store.delete_topic``; the records
 age out of the CommitLog), the committed offsets of every group for it and its queue
 locks, answers its parked pulls and closes its push streams (``topic_deleted``).
+Updating a topic closes the push streams it no longer allows (see ``update``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Final
 
 from loguru import logger
 
-from fabric.protocol.codes import ResponseCode
+from fabric.protocol.codes import Perm, ResponseCode
 from fabric.protocol.frames import Buffer
 from fabric.protocol.messages import (
     CreateTopicRequest,
@@ -31,6 +32,7 @@ __all__ = ["TopicProcessor"]
 
 _EMPTY: Final = Empty()
 _SUCCESS: Final = ResponseCode.SUCCESS
+_READ: Final = Perm.READ
 
 
 class TopicProcessor:
@@ -50,9 +52,36 @@ class TopicProcessor:
     def update(
         self, request: UpdateTopicRequest, bodies: Sequence[Buffer], identity: bytes
     ) -> Outcome:
-        """UPDATE_TOPIC: replace the config; TOPIC_NOT_EXIST when it does not exist."""
-        config = self._ctx.topics.update(request.body)
-        self._ctx.on_topics_changed()
+        """UPDATE_TOPIC: replace the config; TOPIC_NOT_EXIST when it does not exist.
+
+        Push streams the new config no longer allows are closed: all of the topic's when
+        it lost its read permission (``topic_unreadable``), those on queues past the new
+        ``read_queue_nums`` when it shrank (``queue_removed``). Their consumers' reopens
+        are refused as CONSUME_OPEN refuses any such queue. When the readable queues or
+        the read permission changed, the groups subscribed to the topic are notified
+        once the NameServers were told (ConsumerManager.notify_topic).
+        """
+        ctx = self._ctx
+        old = ctx.topics.get(request.body.topic)
+        config = ctx.topics.update(request.body)
+        topic = config.topic
+        readable = config.perm & _READ
+        if old is None or (
+            old.read_queue_nums != config.read_queue_nums or old.perm & _READ != readable
+        ):
+            # Every group subscribed to the topic is told once the NameServers have the
+            # new route, so that all its members rebalance on the same queues.
+            ctx.on_topics_changed(then=lambda: ctx.consumers.notify_topic(topic))
+        else:
+            ctx.on_topics_changed()
+        if not readable:
+            closed = ctx.push.close_topic(topic, "topic_unreadable")
+        else:
+            closed = ctx.push.close_topic(topic, "queue_removed", from_queue=config.read_queue_nums)
+        if closed:
+            logger.info(
+                "topic {}: closed {} push streams the update no longer allows", topic, closed
+            )
         return _SUCCESS, config, (), ""
 
     def delete(

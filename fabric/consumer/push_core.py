@@ -70,7 +70,6 @@ from fabric.errors import (
     NoRouteError,
     QueueLockedError,
     StreamNotFoundError,
-    TransportError,
 )
 from fabric.filters import TagFilter
 from fabric.message import MessageExt, MessageQueue
@@ -103,6 +102,8 @@ _STREAM_CLOSED: Final = int(RequestCode.STREAM_CLOSED)
 _NOTIFY: Final = int(RequestCode.NOTIFY_CONSUMER_IDS_CHANGED)
 _SUCCESS: Final = ConsumeStatus.CONSUME_SUCCESS
 _LATER: Final = ConsumeStatus.RECONSUME_LATER
+#: STREAM_CLOSED reasons that mean the topic's route changed (docs/PROTOCOL.md 13).
+_ROUTE_CHANGED: Final = frozenset({"topic_deleted", "queue_removed", "topic_unreadable"})
 
 
 def _now_ms() -> int:
@@ -196,6 +197,8 @@ class PushConsumerCore:
         self._dirty: set[ProcessQueue] = set()
         self._flush_scheduled = False
         self._wakeup = asyncio.Event()
+        #: A NOTIFY_CONSUMER_IDS_CHANGED came: the next rebalance reads the routes again.
+        self._routes_stale = False
         self._retry_soon = False
         self._heartbeat_due = False
         self._loops: list[asyncio.Task[None]] = []
@@ -332,6 +335,11 @@ class PushConsumerCore:
             await self.membership.heartbeat(self.subscriptions, strict=False)
         if self._sent_back_to:
             await self._refresh_retry_route()
+        if self._routes_stale:
+            self._routes_stale = False
+            await asyncio.gather(
+                *(self._refetch_route(topic) for topic in self.subscriptions),
+            )
         desired = await self.membership.assignment(self.subscriptions)
         dropped: list[MessageQueue] = []
         for mq, pq in list(self._queues.items()):
@@ -360,6 +368,16 @@ class PushConsumerCore:
                 len(dropped),
                 ", ".join(str(q) for q in sorted(self._queues)) or "none",
             )
+
+    async def _refetch_route(self, topic: str) -> None:
+        """Read ``topic``'s route again (a failure leaves the cached one in place)."""
+        try:
+            await self.routes.fetch(topic)
+        except FabricError as exc:
+            self._throttle.warn(
+                ("route", topic), "push consumer {}: cannot refresh the route of {}: {}",
+                self.group, topic, exc,
+            )  # fmt: skip
 
     async def _refresh_retry_route(self) -> None:
         """Ask for the retry topic's route again while a broker that took a send-back is
@@ -444,8 +462,9 @@ class PushConsumerCore:
             return False
         except FabricError as exc:
             self._forget(pq)
-            if isinstance(exc, TransportError):
-                self.routes.refresh_soon(mq.topic)
+            # The route may be stale (the broker went, or the topic's queues or its
+            # permission changed): ask again, so the next rebalance uses the new one.
+            self.routes.refresh_soon(mq.topic)
             self._throttle.warn(
                 ("open", mq), "push consumer {}: cannot open {}: {}", self.group, mq, exc
             )
@@ -582,6 +601,9 @@ class PushConsumerCore:
                 self._on_stream_closed(stream_id, decode_body(body, StreamClosedBody).reason)
             elif code == _NOTIFY:
                 if decode_body(body, ConsumerGroupBody).consumer_group == self.group:
+                    # The members changed, or a subscribed topic's queues did: read the
+                    # routes again before the rebalance this wakes.
+                    self._routes_stale = True
                     self._wakeup.set()
             else:
                 logger.debug("push consumer {}: ignored push code {}", self.group, code)
@@ -629,6 +651,8 @@ class PushConsumerCore:
             "push consumer {}: broker closed the stream of {} ({})", self.group, pq.mq, reason
         )
         self._forget(pq)
+        if reason in _ROUTE_CHANGED:
+            self.routes.refresh_soon(pq.mq.topic)
         if not self._closing:
             self._retry_soon = True
             if reason != "lock_lost":

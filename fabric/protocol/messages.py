@@ -464,8 +464,9 @@ class StreamClosedBody(msgspec.Struct, kw_only=True):
     """STREAM_CLOSED push: the broker ended a stream; records pushed on it and not acked
     must be dropped without committing (their offsets are consumed again after a reopen).
 
-    ``reason`` is one of: "offset_reset", "topic_deleted", "lock_lost", "client_expired",
-    "replaced", "shutdown"; the push's remark says more for humans.
+    ``reason`` is one of: "offset_reset", "topic_deleted", "queue_removed",
+    "topic_unreadable", "lock_lost", "client_expired", "replaced", "shutdown"; the push's
+    remark says more for humans.
     """
 
     reason: str

@@ -610,6 +610,36 @@ def test_delete_topic_closes_its_streams(peer: Peer) -> None:
     assert peer.request(RequestCode.CONSUME_ACK, m.ConsumeAckBody(stream_id=2)).ok
 
 
+def test_update_topic_closes_the_streams_it_no_longer_allows(peer: Peer) -> None:
+    create_topic(peer, "PushShrunk", queues=4)
+    for queue_id in range(4):
+        peer.open_ok(queue_id + 1, "PushShrunk", queue_id=queue_id)
+    # Read queues 4 -> 2 (write queues kept): the streams on queues 2 and 3 end.
+    shrunk = m.TopicConfig(topic="PushShrunk", read_queue_nums=2, write_queue_nums=4)
+    assert peer.call(RequestCode.UPDATE_TOPIC, shrunk, m.TopicConfig).read_queue_nums == 2
+    assert peer.closed(3) == "queue_removed"
+    assert peer.closed(4) == "queue_removed"
+    assert peer.closed(1, timeout=QUIET) is None
+    assert peer.closed(2, timeout=0) is None
+    ack = m.ConsumeAckBody(stream_id=4)
+    assert peer.request(RequestCode.CONSUME_ACK, ack).code == ResponseCode.STREAM_NOT_FOUND
+    reopen = peer.open(4, "PushShrunk", queue_id=3)
+    assert reopen.code == ResponseCode.MALFORMED_REQUEST and "outside" in reopen.remark
+    # Records stored on a kept queue are still pushed.
+    send(peer, "PushShrunk", b"kept", queue_id=1)
+    assert [r.body for r in peer.records(2, 1)] == [b"kept"]
+    # An update that keeps every readable queue closes nothing.
+    same = m.TopicConfig(topic="PushShrunk", read_queue_nums=2, write_queue_nums=2)
+    assert peer.call(RequestCode.UPDATE_TOPIC, same, m.TopicConfig).write_queue_nums == 2
+    assert peer.closed(1, timeout=QUIET) is None
+    # Write-only (perm 2): every stream of the topic ends, and none opens again.
+    write_only = m.TopicConfig(topic="PushShrunk", read_queue_nums=2, write_queue_nums=2, perm=2)
+    assert peer.call(RequestCode.UPDATE_TOPIC, write_only, m.TopicConfig).perm == 2
+    assert peer.closed(1) == "topic_unreadable"
+    assert peer.closed(2) == "topic_unreadable"
+    assert peer.open(1, "PushShrunk").code == ResponseCode.NO_PERMISSION
+
+
 # -- membership ----------------------------------------------------------------------------
 
 
@@ -626,6 +656,28 @@ def _notified(
         tick,
     )
     return push is not None
+
+
+def test_update_topic_notifies_the_groups_subscribed_to_it(peers: Callable[[], Peer]) -> None:
+    a, b = peers(), peers()
+    create_topic(a, "PushNotified", queues=2)
+    a.heartbeat("notified-client", "notified", topic="PushNotified", wait=True)
+    b.heartbeat("bystander-client", "bystander", topic="PushOther", wait=True)
+    # Joining a group notifies its members: take those first.
+    assert _notified(a, "notified", 5.0)
+    assert _notified(b, "bystander", 5.0)
+    shrunk = m.TopicConfig(topic="PushNotified", read_queue_nums=1, write_queue_nums=2)
+    assert a.call(RequestCode.UPDATE_TOPIC, shrunk, m.TopicConfig).read_queue_nums == 1
+    assert _notified(a, "notified", 5.0)
+    assert not _notified(b, "bystander", QUIET)
+    # Write queues only: the readable queues are the same, nobody is told.
+    writes = m.TopicConfig(topic="PushNotified", read_queue_nums=1, write_queue_nums=1)
+    assert a.call(RequestCode.UPDATE_TOPIC, writes, m.TopicConfig).write_queue_nums == 1
+    assert not _notified(a, "notified", QUIET)
+    # Losing the read permission changes the route too.
+    write_only = m.TopicConfig(topic="PushNotified", read_queue_nums=1, write_queue_nums=1, perm=2)
+    assert a.call(RequestCode.UPDATE_TOPIC, write_only, m.TopicConfig).perm == 2
+    assert _notified(a, "notified", 5.0)
 
 
 def test_membership_notifications_and_expiry(peers: Callable[[], Peer]) -> None:

@@ -414,6 +414,48 @@ def test_a_consumer_that_never_acks_stops_after_its_window(
         release.set()
 
 
+def test_shrinking_the_read_queues_moves_the_group_onto_the_queues_left(
+    nameserver: ServerProcess, admin: Admin, producer: Producer
+) -> None:
+    make_topic(admin, nameserver, "Shrink", 4)
+    consumers = [consumer(nameserver, "shrink", allocation="average") for _ in range(2)]
+    sinks = [Sink(), Sink()]
+    for c, sink in zip(consumers, sinks, strict=True):
+        c.subscribe("Shrink", "*", sink)
+
+    def shares() -> list[set[MessageQueue]]:
+        return [set(c.assignment()) for c in consumers]
+
+    try:
+        for c in consumers:
+            c.start()
+        wait_until("two consumers split 4 queues 2/2", lambda: sorted(map(len, shares())) == [2, 2])
+        admin.update_topic("Shrink", queues=2)
+        # The broker closes the streams of queues 2 and 3 (queue_removed); the consumers
+        # fetch the new route at once and split what is left, well before a periodic
+        # route refresh would have come.
+        left = {MessageQueue("Shrink", "broker-a", q) for q in range(2)}
+        wait_until(
+            "the group splits the 2 queues left 1/1",
+            lambda: sorted(map(len, shares())) == [1, 1] and set().union(*shares()) == left,
+            timeout=10.0,
+        )
+        ids = send(producer, "Shrink", 20)
+        wait_until("all consumed", lambda: sinks[0].ids() | sinks[1].ids() >= ids)
+        # Growing them again is taken up as promptly.
+        admin.update_topic("Shrink", queues=4)
+        wait_until(
+            "the group splits 4 queues 2/2 again",
+            lambda: sorted(map(len, shares())) == [2, 2],
+            timeout=10.0,
+        )
+    finally:
+        for c in consumers:
+            c.shutdown()
+    seen = collections.Counter(x.msg_id for s in sinks for x in s.msgs)
+    assert set(seen) >= ids and max(seen[i] for i in ids) == 1
+
+
 def test_failed_messages_are_consumed_again_and_the_queue_moves_on(
     nameserver: ServerProcess, admin: Admin, producer: Producer
 ) -> None:

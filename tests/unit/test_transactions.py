@@ -72,7 +72,7 @@ def make_ctx(
         loop=loop,
         broker_name="b",
         msg_id_prefix="PREFIX",
-        on_topics_changed=lambda: None,
+        on_topics_changed=lambda then=None: None,
     )
 
 
