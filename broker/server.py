@@ -281,6 +281,7 @@ class BrokerServer:
                 levels=config.delay_levels,
                 max_delay=config.timer_max_delay,
                 sync_flush=config.flush == "sync",
+                topic_exists=lambda topic: ctx.topics.get(topic) is not None,
             )
             self.timers.start()
         except BaseException:

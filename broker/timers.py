@@ -194,6 +194,10 @@ class TimerService:
             CommitLog to be durable past the deliveries).
         config: the timer store's knobs.
         clock: seconds since the epoch.
+        topic_exists: whether a topic exists now (the broker's topic table). A due
+            message whose topic does not (deleted while it waited) is dropped with a
+            warning and counted in ``dropped``: appending it would bring back queues of
+            a deleted topic. None: every topic exists.
 
     Raises:
         StoreLockedError: another process has the timer directory open.
@@ -210,8 +214,10 @@ class TimerService:
         sync_flush: bool = False,
         config: TimerConfig | None = None,
         clock: Callable[[], float] = time.time,
+        topic_exists: Callable[[str], bool] | None = None,
     ) -> None:
         self._store = store
+        self._topic_exists = topic_exists
         self._arrivals = arrivals
         self._loop = loop
         self.levels = levels
@@ -227,6 +233,8 @@ class TimerService:
         self._delivered_end = 0  # CommitLog end of the newest delivery
         #: Messages delivered to their real topics since the start.
         self.delivered = 0
+        #: Due messages dropped since the start because their topic was deleted.
+        self.dropped = 0
         #: %TIMER% records re-added at the start (catch-up or rebuild).
         self.caught_up = 0
 
@@ -434,7 +442,22 @@ class TimerService:
         return delivered
 
     def _deliver(self, msgs: list[PutMessage]) -> tuple[int, list[PutMessage]]:
-        """Append ``msgs`` to their real queues; (how many were stored, the refused ones)."""
+        """Append ``msgs`` to their real queues; (how many were stored, the refused ones).
+
+        Messages of topics that no longer exist are dropped (a warning, ``dropped``).
+        """
+        exists = self._topic_exists
+        if exists is not None and msgs:
+            alive = [put for put in msgs if exists(put.topic)]
+            if len(alive) < len(msgs):
+                gone = sorted({put.topic for put in msgs if not exists(put.topic)})
+                self.dropped += len(msgs) - len(alive)
+                logger.warning(
+                    "timers: {} due messages dropped: their topics no longer exist ({})",
+                    len(msgs) - len(alive),
+                    ", ".join(gone[:10]) + (", ..." if len(gone) > 10 else ""),
+                )
+                msgs = alive
         refused: list[PutMessage] = []
         stored = 0
         store, notify = self._store, self._arrivals.notify

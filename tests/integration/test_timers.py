@@ -137,6 +137,25 @@ def test_a_timed_message_is_invisible_until_due_then_delivered_as_sent(
     assert max_offset(conn, "Timed") == 1
 
 
+def test_a_due_message_of_a_deleted_topic_is_dropped_not_stored(
+    broker: ServerProcess, conn: BlockingConnection
+) -> None:
+    due = now_ms() + 1500
+    send_ok(conn, "TimedDoomed", b"doomed", deliver_at=due)
+    send_ok(conn, "TimedKept", b"kept", deliver_at=due)
+    assert conn.request(RequestCode.DELETE_TOPIC, m.DeleteTopicBody(topic="TimedDoomed")).ok
+    # Both are due in the same second, which is delivered as one: once the kept one is
+    # in its queue, the doomed one was handled.
+    assert wait_for(conn, "TimedKept", 0, 10.0).body == b"kept"
+    broker.wait_for_log("1 due messages dropped: their topics no longer exist (TimedDoomed)", 5.0)
+    # A topic created again under the name starts empty (7.6): nothing came back.
+    config = m.TopicConfig(topic="TimedDoomed", read_queue_nums=1, write_queue_nums=1)
+    conn.call(RequestCode.CREATE_TOPIC, config, m.TopicConfig)
+    assert max_offset(conn, "TimedDoomed") == 0
+    none, found = pull(conn, "TimedDoomed")
+    assert none.code == ResponseCode.PULL_NOT_FOUND and not found
+
+
 def test_delay_levels_use_the_configured_seconds(conn: BlockingConnection) -> None:
     before = now_ms()
     reply = send_ok(conn, "Levels", b"two seconds", delay_level=2, queue_id=1)
