@@ -146,6 +146,11 @@ class PushConsumerOptions(msgspec.Struct, kw_only=True, frozen=True):
     max_reconsume_times: int = -1
     #: Concurrent mode: seconds a queue being handed over waits for its listeners.
     release_timeout: float = 5.0
+    #: Ordered mode: seconds a queue being handed over waits for the message in its
+    #: listener. Past it the queue is handed over anyway (with a warning): its next
+    #: owner may then run the queue's next messages beside the one still running, and
+    #: gets that one again (its offset was never committed).
+    orderly_release_timeout: float = 60.0
     #: Seconds shutdown() waits for listeners before it commits and closes.
     shutdown_timeout: float = 10.0
     #: BROADCASTING: the directory of the local offset files, and how often they are written.
@@ -178,6 +183,7 @@ class PushConsumerOptions(msgspec.Struct, kw_only=True, frozen=True):
             "lock_expiry": self.lock_expiry,
             "request_timeout": self.request_timeout,
             "offset_persist_interval": self.offset_persist_interval,
+            "orderly_release_timeout": self.orderly_release_timeout,
         }
         for name, number in positive.items():
             if not number > 0:

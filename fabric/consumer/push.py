@@ -94,6 +94,7 @@ class PushConsumerFront:
         rebalance_interval: float = DEFAULT_REBALANCE_INTERVAL,
         lock_expiry: float = DEFAULT_LOCK_EXPIRY,
         release_timeout: float = 5.0,
+        orderly_release_timeout: float = 60.0,
         shutdown_timeout: float = 10.0,
         offset_store_dir: str = DEFAULT_OFFSET_STORE_DIR,
         offset_persist_interval: float = 5.0,
@@ -124,6 +125,7 @@ class PushConsumerFront:
             reconsume_delay=reconsume_delay,
             max_reconsume_times=max_reconsume_times,
             release_timeout=release_timeout,
+            orderly_release_timeout=orderly_release_timeout,
             shutdown_timeout=shutdown_timeout,
             offset_store_dir=offset_store_dir,
             offset_persist_interval=offset_persist_interval,
@@ -223,6 +225,10 @@ class PushConsumer(PushConsumerFront, BlockingFront[PushConsumerCore]):
             every third of that).
         release_timeout: concurrent mode: seconds a queue handed over to another member
             waits for its listeners before it commits and closes.
+        orderly_release_timeout: ordered mode: seconds a queue handed over waits for the
+            message in its listener (order is kept while it does); past it the queue is
+            handed over anyway, with a warning: the next owner may run the queue's
+            next messages beside the stuck one, and consumes that one again.
         shutdown_timeout: seconds :meth:`shutdown` waits for listeners by default.
         offset_store_dir: BROADCASTING: the directory of the local offset files.
         offset_persist_interval: BROADCASTING: seconds between two writes of the file.

@@ -12,8 +12,9 @@ the frames brokers push (Flag.PUSH):
 * **Rebalance** (fabric.consumer.rebalance) at start, on NOTIFY_CONSUMER_IDS_CHANGED and
   every ``rebalance_interval``, one at a time. A queue gained gets a stream (ordered:
   after LOCK_BATCH_MQ, exclusive); a queue lost stops dispatching, waits for its
-  listeners (ordered: always; concurrent: up to ``release_timeout``), commits and
-  closes (ordered: unlocking). BROADCASTING owns every queue and never locks.
+  listeners (ordered: up to ``orderly_release_timeout``; concurrent: up to
+  ``release_timeout``), commits and closes (ordered: unlocking). BROADCASTING owns
+  every queue and never locks.
 * **Streams** (fabric.consumer.process_queue): CONSUME_OPEN with a window of
   ``prefetch`` messages and ``prefetch_bytes`` bytes; pushed records are decoded and
   handed to a dispatcher (fabric.consumer.listener); finished messages turn into
@@ -510,12 +511,13 @@ class PushConsumerCore:
 
     async def _released(self, pq: ProcessQueue, unlock: bool) -> None:
         try:
-            if pq.inflight > 0:
-                # Ordered: the message in the listener always finishes first, so that the
-                # next owner never runs the queue's next message beside it.
-                timeout = None if self.options.orderly else self.options.release_timeout
+            if pq.inflight > 0 and self.options.orderly:
+                await self._wait_ordered(pq)
+            elif pq.inflight > 0:
                 try:
-                    await asyncio.wait_for(asyncio.shield(self._idle(pq)), timeout)
+                    await asyncio.wait_for(
+                        asyncio.shield(self._idle(pq)), self.options.release_timeout
+                    )
                 except asyncio.TimeoutError:
                     self._throttle.warn(
                         ("release", pq.mq),
@@ -529,6 +531,42 @@ class PushConsumerCore:
             if self._releasing.get(pq.mq) is asyncio.current_task():
                 del self._releasing[pq.mq]
             self._wakeup.set()
+
+    async def _wait_ordered(self, pq: ProcessQueue) -> None:
+        """Ordered: let the message in the listener finish before the hand-over, so that
+        the next owner never runs the queue's next message beside it; but not for ever.
+
+        The queue's lock is renewed meanwhile (its stream is still ours), so without a
+        bound one stuck listener would keep the queue from the whole group.
+        """
+        idle = self._idle(pq)
+        first = min(self.options.release_timeout, self.options.orderly_release_timeout)
+        limit = self.options.orderly_release_timeout
+        try:
+            await asyncio.wait_for(asyncio.shield(idle), first)
+            return
+        except asyncio.TimeoutError:
+            pass
+        self._throttle.warn(
+            ("release", pq.mq),
+            "push consumer {}: {} waits for its ordered listener before the hand-over "
+            "({:.0f}s so far, at most {:.0f}s)",
+            self.group,
+            pq.mq,
+            first,
+            limit,
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(idle), max(0.0, limit - first))
+        except asyncio.TimeoutError:
+            logger.warning(
+                "push consumer {}: the ordered listener of {} has run for over {:.0f}s; "
+                "handing the queue over anyway: its next owner may run the next messages "
+                "beside it, and consumes that message again",
+                self.group,
+                pq.mq,
+                limit,
+            )
 
     def _idle(self, pq: ProcessQueue) -> asyncio.Future[None]:
         """A future resolved once ``pq`` has nothing in listeners (shared: shield it)."""

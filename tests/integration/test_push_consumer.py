@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 import fabric.aio
 from fabric import (
@@ -319,6 +320,50 @@ def test_ordered_consumption_keeps_per_key_order_across_a_rebalance(
     assert by_consumer["c1"] and by_consumer["c2"], by_consumer
     for key in keys:
         assert order[key] == list(range(steps)), (key, order[key])
+
+
+def test_a_stuck_ordered_listener_hands_its_queue_over_after_the_timeout(
+    nameserver: ServerProcess, admin: Admin, producer: Producer
+) -> None:
+    make_topic(admin, nameserver, "Stuck", 2)
+    release = threading.Event()
+    held = Sink()
+
+    def hold(msg: MessageExt) -> ConsumeStatus:
+        held(msg)
+        release.wait(30.0)
+        return OK
+
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING")
+    settings = {"orderly": True, "orderly_release_timeout": 1.0}
+    a = consumer(nameserver, "stuck-ordered", **settings)
+    a.subscribe("Stuck", "*", hold)
+    moved = Sink()
+    b = consumer(nameserver, "stuck-ordered", **settings)
+    b.subscribe("Stuck", "*", moved)
+    try:
+        a.start()
+        wait_until("a owns both queues", lambda: len(a.assignment()) == 2)
+        ids = {
+            producer.send(
+                Message("Stuck", f"q{q}".encode()), queue=MessageQueue("Stuck", "broker-a", q)
+            ).msg_id
+            for q in range(2)
+        }
+        wait_until("both messages are in a's listener", lambda: held.ids() == ids)
+        b.start()
+        # One queue moves to b while its message is still in a's listener: a renews the
+        # lock for as long as it waits, so b gets the queue only because the wait ends.
+        wait_until("b consumes the message of the queue it took", lambda: moved.count() == 1)
+        assert moved.ids() < ids
+        assert not release.is_set() and len(a.assignment()) == 1
+    finally:
+        release.set()
+        a.shutdown()
+        b.shutdown()
+        logger.remove(sink)
+    assert any("handing the queue over anyway" in line for line in warnings), warnings
 
 
 # ---------------------------------------------------------------------------------------

@@ -177,6 +177,7 @@ def test_options_are_checked() -> None:
         ("rebalance_interval", 0.0),
         ("instance_name", "a/b"),
         ("reconsume_delay", -1.0),
+        ("orderly_release_timeout", 0.0),
     ):
         with pytest.raises(ValueError, match=field if field != "allocation" else "strategy"):
             msgspec.structs.replace(PushConsumerOptions(), **{field: value}).check()
