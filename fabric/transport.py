@@ -348,6 +348,11 @@ class Connection:
                         logger.exception("connection {}: cannot dispatch a reply", self.endpoint)
                 elif self._outbox and events & _POLLOUT:
                     if not self._flush_outbox():
+                        # The refused send processed the socket's commands, so it may
+                        # have taken the edge of a reply that arrived meanwhile: look
+                        # again for input before leaving.
+                        if _raw_get(socket, _EVENTS) & _POLLIN:
+                            continue
                         return
                 else:
                     return
@@ -461,6 +466,11 @@ class Connection:
                 return None
         outgoing = _Outgoing(frames)
         self._outbox.append(outgoing)
+        # A refused send takes the FD's edge as a successful one does (it processes
+        # the socket's commands first): if that made the socket readable or writable,
+        # no new edge will say so.
+        if not self._closed and _raw_get(self._socket, _EVENTS) & (_POLLIN | _POLLOUT):
+            self._schedule_check()
         self._arm_recheck()
         return outgoing
 
