@@ -57,15 +57,9 @@ QUEUES = 4
 TARGET_RATIO = 3.5
 
 
-def _timed(fn: Callable[[], int]) -> float:
-    """Seconds ``fn`` took; ``fn`` returns how many messages it handled (checked by callers)."""
-    began = time.perf_counter()
-    fn()
-    return time.perf_counter() - began
-
-
-def produce_stage(count: int, batch: int, body: bytes) -> float:
-    """µs per message: Message, ProducerCore.prepare, and the batch's header and body join."""
+def produce_stage(count: int, batch: int, body: bytes) -> tuple[float, list[bytes]]:
+    """µs per message of Message, ProducerCore.prepare and the batch's header and body
+    join; and the encoded SEND_BATCH_MESSAGE headers (the broker stage's input)."""
     # No NameServer is needed: prepare never asks for a route.
     producer = Producer("floor_bench", nameservers="tcp://127.0.0.1:9")
     producer.start()
@@ -74,59 +68,43 @@ def produce_stage(count: int, batch: int, body: bytes) -> float:
         encode = msgspec.msgpack.encode
         join = b"".join
         prepare = core.prepare
-
-        def run() -> int:
-            for start in range(0, count, batch):
-                items = [prepare(Message(TOPIC, body, tags="T")) for _ in range(batch)]
-                header = encode(
+        headers: list[bytes] = []
+        began = time.perf_counter()
+        for n in range(count // batch):
+            items = [prepare(Message(TOPIC, body, tags="T")) for _ in range(batch)]
+            headers.append(
+                encode(
                     SendBatchBody(
                         producer_group="floor_bench",
                         topic=TOPIC,
-                        queue_id=start % QUEUES,
+                        queue_id=n % QUEUES,
                         messages=[item.entry for item in items],
                         body_sizes=[len(item.payload) for item in items],
                     )
                 )
-                packed = join([item.payload for item in items])
-                assert header and len(packed) == batch * len(body)
-            return count
-
-        return _timed(run) / count * 1e6
-    finally:
-        producer.shutdown()
-
-
-def _batches(count: int, batch: int, body: bytes) -> list[bytes]:
-    """Encoded SEND_BATCH_MESSAGE headers as a producer sends them (the broker's input)."""
-    producer = Producer("floor_bench", nameservers="tcp://127.0.0.1:9")
-    producer.start()
-    try:
-        core, _ = producer._started()
-        out = []
-        for start in range(0, count, batch):
-            items = [core.prepare(Message(TOPIC, body, tags="T")) for _ in range(batch)]
-            out.append(
-                msgspec.msgpack.encode(
-                    SendBatchBody(
-                        producer_group="floor_bench",
-                        topic=TOPIC,
-                        queue_id=(start // batch) % QUEUES,
-                        messages=[item.entry for item in items],
-                        body_sizes=[len(body)] * batch,
-                    )
-                )
             )
-        return out
+            packed = join([item.payload for item in items])
+            if len(packed) != batch * len(body):
+                raise RuntimeError("a payload differs from the body (compressed?)")
+        elapsed = time.perf_counter() - began
+        return elapsed / count * 1e6, headers
     finally:
         producer.shutdown()
+
+
+def _timed(fn: Callable[[], int]) -> float:
+    """Seconds ``fn`` took (it checks its own count)."""
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
 
 
 def broker_stages(
-    directory: str, count: int, batch: int, body: bytes, segment_mb: int
+    directory: str, headers: list[bytes], count: int, body: bytes, segment_mb: int
 ) -> tuple[float, float, list[bytes]]:
     """µs per message of the broker (store a SEND_BATCH_MESSAGE, read for a push), and
     the first records of queue 0 as stored (the consumer's input)."""
-    headers = _batches(count, batch, body)
+    batch = count // len(headers)
     packed = body * batch
     size = len(body)
     decode = msgspec.msgpack.Decoder(SendBatchBody).decode
@@ -216,12 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     body = os.urandom(args.size)
     runs: dict[str, list[float]] = {"produce": [], "store": [], "read": [], "decode": []}
     for _ in range(args.repeat):
-        runs["produce"].append(produce_stage(count, args.batch, body))
+        produce_us, headers = produce_stage(count, args.batch, body)
+        runs["produce"].append(produce_us)
         scratch = tempfile.mkdtemp(prefix="floor-bench-", dir=args.dir)
         try:
             os.sync()
             store_us, read_us, records = broker_stages(
-                scratch, count, args.batch, body, args.segment_mb
+                scratch, headers, count, body, args.segment_mb
             )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
