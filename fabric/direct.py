@@ -53,6 +53,7 @@ from fabric.protocol.frames import (
     encode_request,
     parse_reply,
 )
+from fabric.transport import send_message
 
 __all__ = ["DirectRequester", "NotConnectedError"]
 
@@ -230,18 +231,14 @@ class DirectRequester:
         if link.has_events():
             link.went_down()  # events from before this request say nothing about it
         socket = link.socket
-        last = len(frames) - 1
         try:
-            # Only the first frame can meet EAGAIN (IMMEDIATE: no connection); once it
-            # is taken, ZeroMQ takes the whole message.
-            _raw_send(socket, frames[0], _MORE if last else _NOBLOCK)
-        except zmq.Again:
-            raise NotConnectedError("no connection to the server yet", address=address) from None
+            # Refused (EAGAIN) at the first frame with no connection (IMMEDIATE), or at
+            # a later one when the connection broke meanwhile: nothing went out then.
+            sent = send_message(socket, frames, _COPY_THRESHOLD)
         except zmq.ZMQError as exc:
             raise ConnectionClosedError(f"cannot write: {exc.strerror}", address=address) from exc
-        for i in range(1, last + 1):
-            frame = frames[i]
-            _raw_send(socket, frame, _MORE if i < last else _NOBLOCK, len(frame) < _COPY_THRESHOLD)
+        if not sent:
+            raise NotConnectedError("no connection to the server", address=address)
         deadline = time.monotonic() + timeout
         polled = [(socket, _POLLIN)]
         while True:

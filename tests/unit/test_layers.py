@@ -66,6 +66,7 @@ def test_transport_layer_adds_only_zmq_and_loguru(path: Path) -> None:
         "fabric.errors",
         "fabric.iothread",
         "fabric.loops",
+        "fabric.transport",
     )
     bad = {n for n in imports(path) if not allowed(n, prefixes)}
     assert not bad, f"{path.name} imports {sorted(bad)}"
