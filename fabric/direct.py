@@ -68,14 +68,13 @@ _POLLIN: Final = int(zmq.POLLIN)
 _SLICE: Final = 0.05
 # Seconds close() waits for one thread's request to finish before giving up on it.
 _CLOSE_WAIT: Final = 5.0
-_MORE: Final = int(zmq.SNDMORE) | _NOBLOCK
 _RCVMORE: Final = int(zmq.RCVMORE)
 _EVENTS_OPT: Final = int(zmq.EVENTS)
 _COPY_THRESHOLD: Final = zmq.COPY_THRESHOLD
-# The Cython-level calls (see fabric.transport): Socket.poll builds a Poller per call,
-# and send_multipart/recv_multipart/getsockopt add checks and flag arithmetic; on the
-# path of a blocking send these were ~15 us of the client's CPU per round trip.
-_raw_send: Final = cast("Callable[..., object]", zmq.backend.Socket.send)
+# The Cython-level calls (see fabric.transport; sends go through its send_message):
+# Socket.poll builds a Poller per call, and recv_multipart/getsockopt add checks and
+# flag arithmetic; on the path of a blocking send these were ~15 us of the client's CPU
+# per round trip.
 _raw_recv: Final = cast("Callable[[zmq.Socket[Any], int], bytes]", zmq.backend.Socket.recv)
 _raw_get: Final = cast("Callable[[zmq.Socket[Any], int], int]", zmq.backend.Socket.get)
 _zmq_poll: Final = cast(
