@@ -156,7 +156,7 @@ class _Outgoing:
     def __init__(self, frames: list[Buffer]) -> None:
         self.frames = frames
         self.cancelled = False
-        #: Resolved (None) once written; made only for a coroutine that waits for it.
+        #: Resolved (None) once written; made only for a sender that waits for it.
         self.written: asyncio.Future[None] | None = None
 
     def cancel(self) -> None:
@@ -412,7 +412,9 @@ class Connection:
         to look again after it may have taken an edge; this timer, armed only while a
         message waits in the outbox or a request waits for its reply, bounds what a
         missed edge can cost to RECHECK_S instead of a request timeout. (A CI run saw
-        a oneway send on a new connection wait 10 s for its POLLOUT once.)
+        a oneway send on a new connection wait 10 s once. The likelier cause of that
+        was found later and fixed in :meth:`send_oneway`: the message had been
+        written, but its waiter was made too late to be told.)
         """
         if self._recheck is None and not self._closed:
             self._recheck = self._loop.call_later(RECHECK_S, self._on_recheck)
@@ -526,11 +528,6 @@ class Connection:
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         return True
-
-    async def _written(self, outgoing: _Outgoing) -> None:
-        if outgoing.written is None:
-            outgoing.written = self._loop.create_future()
-        await outgoing.written
 
     async def request(
         self,
@@ -698,8 +695,12 @@ class Connection:
         if outgoing is None:
             return
         deadline = self.timeout if timeout is None else timeout
+        # Made now, before anything can run: a flush scheduled by _write may write the
+        # message before a coroutine made here would start, and would then find no
+        # future to resolve (the send then waited for its whole timeout).
+        written = outgoing.written = self._loop.create_future()
         try:
-            await asyncio.wait_for(self._written(outgoing), deadline)
+            await asyncio.wait_for(written, deadline)
         except asyncio.TimeoutError:
             raise RequestTimeoutError(
                 f"could not send {code.name} within {deadline}s",

@@ -206,6 +206,19 @@ def test_blocking_connection_on_a_shared_iothread(io: IOThread) -> None:
         io.call_soon(router.close, 0)
 
 
+def test_a_oneway_send_on_a_new_connection_returns_once_written(io: IOThread) -> None:
+    # The send meets a connection not up yet and waits in the outbox; the flush that
+    # writes it may run before the waiting side has started. It used to find no future
+    # to resolve then, and the send waited for its whole timeout (about 3 % of tries).
+    router, endpoint = io.run(_bind(io), timeout=5.0)
+    try:
+        for _ in range(150):
+            with BlockingConnection(endpoint, io=io, timeout=2.0) as conn:
+                conn.send_oneway(RequestCode.GET_CLUSTER_INFO, m.Empty())
+    finally:
+        io.call_soon(router.close, 0)
+
+
 def test_a_lost_fd_edge_costs_a_recheck_not_a_timeout(io: IOThread) -> None:
     # The zmq FD is edge-triggered; here every edge is lost (the reader is removed), as
     # if consumed where nobody looked. The connection's recheck timer still writes the
