@@ -501,13 +501,14 @@ class Connection:
                 if _raw_get(socket, _EVENTS) & _POLLIN:
                     self._schedule_check()
                 return None
+            # A refused send takes the FD's edge as a successful one does (it processes
+            # the socket's commands first): if that made the socket readable or
+            # writable, no new edge will say so. (Behind a non-empty outbox nothing was
+            # sent, so there is nothing to look at again.)
+            if _raw_get(socket, _EVENTS) & (_POLLIN | _POLLOUT):
+                self._schedule_check()
         outgoing = _Outgoing(frames)
         self._outbox.append(outgoing)
-        # A refused send takes the FD's edge as a successful one does (it processes
-        # the socket's commands first): if that made the socket readable or writable,
-        # no new edge will say so.
-        if not self._closed and _raw_get(self._socket, _EVENTS) & (_POLLIN | _POLLOUT):
-            self._schedule_check()
         self._arm_recheck()
         return outgoing
 
